@@ -1,0 +1,96 @@
+"""probes: probe-based monitors of a language model's internal state.
+
+The pipeline is the package layout::
+
+    probes.data      contrast datasets: rows, cards, validation, splits, chat rendering
+    probes.models    load_model, canonical site names (layers.N), model fingerprints
+    probes.collect   exact, early-stopping activation collection with a resumable disk cache
+    probes.train     probes with the scikit-learn contract (linear, mass-mean, MLP, token, attention)
+    probes.evaluate  AUROC with CIs, recall at a control-set FPR, calibration, baselines, plots
+    probes.package   probe bundles (safetensors + JSON, model fingerprint)
+    probes.monitor   streaming monitors that score every generated token and stop generation
+    probes.track     MLflow tracking
+    probes.config / probes.pipeline / probes.cli   config-driven runs and the ``probes`` command
+
+Names are imported lazily so that ``import probes`` (and ``probes --help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # data
+    "ContrastDataset": "probes.data",
+    "Example": "probes.data",
+    "Message": "probes.data",
+    "Target": "probes.data",
+    "load_dataset": "probes.data",
+    # models
+    "load_model": "probes.models",
+    # collect
+    "collect": "probes.collect",
+    "Activations": "probes.collect",
+    "RaggedTokens": "probes.collect",
+    # train
+    "LogisticProbe": "probes.train",
+    "DiffMeansProbe": "probes.train",
+    "MLPProbe": "probes.train",
+    "TokenProbe": "probes.train",
+    "AttentionProbe": "probes.train",
+    "save_probe": "probes.train",
+    "load_probe": "probes.train",
+    # evaluate
+    "evaluate": "probes.evaluate",
+    "EvalReport": "probes.evaluate",
+    "layer_sweep": "probes.evaluate",
+    "generalization_matrix": "probes.evaluate",
+    "text_baseline": "probes.evaluate",
+    # package / monitor
+    "ProbeBundle": "probes.package",
+    "Monitor": "probes.monitor",
+    "Trace": "probes.monitor",
+    # runs
+    "RunConfig": "probes.config",
+    "load_config": "probes.config",
+    "run": "probes.pipeline",
+    "RunResult": "probes.pipeline",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'probes' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probes.collect import Activations, RaggedTokens, collect
+    from probes.config import RunConfig, load_config
+    from probes.data import ContrastDataset, Example, Message, Target, load_dataset
+    from probes.evaluate import EvalReport, evaluate, generalization_matrix, layer_sweep, text_baseline
+    from probes.models import load_model
+    from probes.monitor import Monitor, Trace
+    from probes.package import ProbeBundle
+    from probes.pipeline import RunResult, run
+    from probes.train import (
+        AttentionProbe,
+        DiffMeansProbe,
+        LogisticProbe,
+        MLPProbe,
+        TokenProbe,
+        load_probe,
+        save_probe,
+    )

@@ -1,0 +1,46 @@
+"""Every exception the library raises on purpose, in one place.
+
+Messages say what went wrong *and* what to do about it; data errors name the file and line or field.
+"""
+
+from __future__ import annotations
+
+
+class ProbesError(Exception):
+    """Base class of every error raised on purpose by ``probes``."""
+
+
+class DatasetError(ProbesError, ValueError):
+    """A contrast dataset is malformed: the message names the file, the line or row, and the field."""
+
+
+class ConfigError(ProbesError, ValueError):
+    """A run config is invalid: the message names the file and the key."""
+
+
+class NotFittedError(ProbesError, AttributeError):
+    """A probe was used before ``fit`` (mirrors ``sklearn.exceptions.NotFittedError``)."""
+
+
+class SiteError(ProbesError, ValueError):
+    """A site name (``layers.N``) cannot be resolved for this model."""
+
+
+class UnsupportedArchitectureError(SiteError):
+    """The model's block list cannot be found; pass ``layers_attr=`` to name it."""
+
+
+class FingerprintMismatchError(ProbesError):
+    """A probe or cache was made on a different model than the one given."""
+
+
+class BundleError(ProbesError, ValueError):
+    """A probe bundle on disk is missing, corrupted, tampered with, or of an unknown schema."""
+
+
+class CacheError(ProbesError):
+    """An activation cache on disk is inconsistent with its manifest."""
+
+
+class TrackingError(ProbesError):
+    """MLflow tracking failed and the run was configured to fail rather than continue untracked."""
