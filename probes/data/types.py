@@ -52,3 +52,18 @@ class Example:
     @property
     def is_chat(self) -> bool:
         return self.messages is not None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenized row: ``input_ids`` (special tokens and template markup included) and the detection mask.
+
+    ``target_mask[i]`` is True where token ``i`` belongs to the detection target. It is never True on special
+    tokens (BOS/CLS/SEP), chat-template markup or padding. A row without a target reads its whole text.
+    """
+
+    input_ids: tuple[int, ...]
+    target_mask: tuple[bool, ...]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
