@@ -44,3 +44,7 @@ class CacheError(ProbesError):
 
 class TrackingError(ProbesError):
     """MLflow tracking failed and the run was configured to fail rather than continue untracked."""
+
+
+class TokenizerError(ProbesError, TypeError):
+    """A tokenizer cannot do what was asked (a slow tokenizer has no offsets; no chat template to apply)."""
