@@ -1,0 +1,150 @@
+"""Load a Hugging Face model and its tokenizer the ordinary way, ready for collection and monitoring.
+
+Hub ids and local folders go through the same ``from_pretrained`` path. The model's config decides whether it
+is a causal LM (``AutoModelForCausalLM``) or an encoder (``AutoModel``); ``kind=`` overrides that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from probes.errors import UnsupportedArchitectureError
+from probes.models.sites import block_list, final_norm_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+Kind = Literal["auto", "causal", "encoder"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+# Head classes whose name marks a decoder-only language model (GPT-2's is ``GPT2LMHeadModel``).
+_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    """``"auto"`` stays ``"auto"`` (the checkpoint's dtype); names map to ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use 'auto', 'float32', 'bfloat16' or 'float16'.")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` picks CUDA when available, else Apple's MPS, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _is_causal(config: Any) -> bool:
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(str(a).endswith(_CAUSAL_SUFFIXES) for a in architectures)
+    # Configs without an ``architectures`` entry (e.g. built from scratch): fall back on the decoder flag.
+    return bool(getattr(config, "is_decoder", False))
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: DTypeName | torch.dtype = "auto",
+    device: str | torch.device = "auto",
+    revision: str | None = None,
+    kind: Kind = "auto",
+    layers_attr: str | None = None,
+    norm_attr: str | None = None,
+    trust_remote_code: bool = False,
+    **model_kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` from a Hub id or a local folder, in eval mode.
+
+    Args:
+        name_or_path: Hub id (``"HuggingFaceTB/SmolLM2-135M"``) or a local folder with config and weights.
+        dtype: ``"auto"`` keeps the checkpoint's dtype; or ``"float32"``, ``"bfloat16"``, ``"float16"``.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device. Ignored when ``device_map`` is
+            passed in ``model_kwargs`` (accelerate then places the weights).
+        revision: Hub branch, tag or commit; recorded in the model fingerprint.
+        kind: ``"causal"`` loads ``AutoModelForCausalLM``, ``"encoder"`` loads ``AutoModel``; ``"auto"``
+            reads the config's ``architectures`` (``*ForCausalLM`` / ``*LMHeadModel`` means causal).
+        layers_attr: dotted path of the block list for architectures the site resolver does not know;
+            stored on the model so ``collect`` and monitors pick it up.
+        norm_attr: dotted path of the final norm module, likewise (for the ``final_norm`` site).
+        trust_remote_code: passed to ``from_pretrained`` (runs code from the checkpoint: opt in knowingly).
+        **model_kwargs: passed to the model's ``from_pretrained`` (e.g. ``attn_implementation="eager"``).
+
+    The tokenizer gets a pad token when it has none: the EOS token (else UNK). Collection builds its own
+    attention masks from row lengths, so which id pads a batch never changes an activation.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    if kind not in ("auto", "causal", "encoder"):
+        raise ValueError(f"kind={kind!r} is not supported; use 'auto', 'causal' or 'encoder'.")
+    torch_dtype = resolve_dtype(dtype)
+    source = str(name_or_path)
+    if Path(source).expanduser().is_dir():
+        # A local folder is identified by its absolute path, so caches don't depend on the working directory.
+        source = str(Path(source).expanduser().resolve())
+
+    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedArchitectureError(
+            f"{source!r} is an encoder-decoder model ({config.model_type}); probes supports decoder-only "
+            "causal LMs and encoders. Load its encoder yourself and pass layers_attr= to collect."
+        )
+    if kind == "auto":
+        kind = "causal" if _is_causal(config) else "encoder"
+    auto_cls = AutoModelForCausalLM if kind == "causal" else AutoModel
+
+    model = auto_cls.from_pretrained(
+        source,
+        config=config,
+        revision=revision,
+        dtype=torch_dtype,
+        trust_remote_code=trust_remote_code,
+        **model_kwargs,
+    )
+    if "device_map" not in model_kwargs:
+        model = model.to(resolve_device(device))
+    model.eval()
+
+    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+        if fallback is not None:
+            tokenizer.pad_token = fallback
+
+    model._probes_source = {
+        "name": source,
+        "revision": revision,
+        # The commit actually loaded from the Hub (None for local folders): pins an unpinned revision.
+        "commit": getattr(config, "_commit_hash", None),
+    }
+    if layers_attr is not None:
+        model._probes_layers_attr = layers_attr
+    if norm_attr is not None:
+        model._probes_norm_attr = norm_attr
+    # Fail at load time, not at the first collect, when the blocks (or a named norm) cannot be found.
+    block_list(model)
+    if norm_attr is not None:
+        final_norm_module(model)
+    return model, tokenizer
