@@ -1,0 +1,433 @@
+"""Rendering rows to strings with exact character spans, and encoding them to tokens with a detection mask.
+
+Rendering
+    - Text rows render as the text itself. The target is ``target.span`` or, without one, the whole text.
+    - Chat rows render through the tokenizer's chat template (``tokenizer.apply_chat_template(messages,
+      tokenize=False)``) when it has one or ``chat_template=`` is given; otherwise through the **plain
+      fallback format**::
+
+          User: <content of message 0>
+
+          Assistant: <content of message 1>
+
+      i.e. each message as ``"<Role>: <content>"`` (the role with its first letter upper-cased: ``system`` ->
+      ``System``, ``user`` -> ``User``, ``assistant`` -> ``Assistant``), messages joined by one blank line
+      (``"\\n\\n"``), no trailing newline and no generation prompt. ``ContrastDataset.texts`` uses the same
+      format.
+    - Character spans of message contents are never found by searching for the content. The chat is
+      rendered once with a unique sentinel in place of each content; the sentinels are located, the real
+      contents put back, and the result must equal the real rendering of the original messages. A template
+      that trims contents (``| trim``) is handled by applying the same strip; any other mismatch raises a
+      :class:`~probes.errors.DatasetError` naming the row.
+    - The target of a chat row is the content of the targeted message (or the ``span`` inside it); a chat
+      row without a target reads the whole content of every message -- never template markup.
+
+Encoding
+    - Special tokens are added when tokenizing (BOS/CLS/SEP) unless the rendered string already begins with
+      the BOS token text (a template that writes its own BOS), so BOS is never doubled.
+    - A token is in the target mask when its character offsets overlap a target span, it is not a special
+      token and its offsets are not empty. Leading whitespace inside a token (SentencePiece ``"▁word"``,
+      byte-level ``"Ġword"``) does not count: a token joins a span by the characters it actually spells, so a
+      span ending in a space does not pull in the next word, and a span starting at a word covers the
+      ``"▁word"`` token.
+    - **Truncation policy**: with ``max_length`` the left part is kept (the tokenizer's right truncation,
+      special tokens included in the count). If a row's target loses all its tokens, a
+      :class:`~probes.errors.DatasetError` names the row id and suggests a larger ``max_length``; a target
+      that loses only some tokens keeps the surviving ones (and ``encode_dataset`` warns once with the count).
+    - Offsets need a fast (Rust ``tokenizers``) tokenizer; a slow one raises :class:`TokenizerError`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from probes.data.types import Encoded, Example, Message
+from probes.errors import DatasetError, TokenizerError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probes.data.dataset import ContrastDataset
+
+Span = tuple[int, int]
+UseChatTemplate = Literal["auto"] | bool
+
+PLAIN_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A row rendered to one string, the character spans the probe reads, and how to tokenize it."""
+
+    text: str
+    target_spans: list[Span]
+    add_special_tokens: bool
+
+
+# -- targets -----------------------------------------------------------------------------------------------
+def _role_title(role: str) -> str:
+    return role[:1].upper() + role[1:]
+
+
+def render_plain(messages: Sequence[Message]) -> tuple[str, list[Span]]:
+    """The plain fallback format and the character span of each message's content."""
+    parts: list[str] = []
+    spans: list[Span] = []
+    pos = 0
+    for i, m in enumerate(messages):
+        if i:
+            parts.append(PLAIN_SEPARATOR)
+            pos += len(PLAIN_SEPARATOR)
+        prefix = f"{_role_title(m.role)}: "
+        parts.append(prefix + m.content)
+        spans.append((pos + len(prefix), pos + len(prefix) + len(m.content)))
+        pos += len(prefix) + len(m.content)
+    return "".join(parts), spans
+
+
+def target_message_index(example: Example) -> int | None:
+    """Index of the targeted message of a chat row (``None`` = every message)."""
+    messages = example.messages or ()
+    t = example.target
+    if t is None or (t.message is None and t.role is None):
+        if t is not None and t.span is not None:
+            raise DatasetError(
+                f"row {example.id!r}: a chat row's target 'span' needs a 'message' index or a 'role' to say "
+                'which message it is inside, e.g. {"message": -1, "span": [0, 5]}.'
+            )
+        return None
+    if t.message is not None:
+        n = len(messages)
+        if not -n <= t.message < n:
+            raise DatasetError(
+                f"row {example.id!r}: target message index {t.message} is out of range for {n} messages."
+            )
+        return t.message % n
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].role == t.role:
+            return i
+    raise DatasetError(
+        f"row {example.id!r}: target role {t.role!r} is not the role of any message "
+        f"(roles: {sorted({m.role for m in messages})})."
+    )
+
+
+def _sub_span(example: Example, length: int) -> Span:
+    """The target's span inside a text or message content of ``length`` chars (whole when no span)."""
+    t = example.target
+    if t is None or t.span is None:
+        return (0, length)
+    s, e = t.span
+    if not 0 <= s < e <= length:
+        raise DatasetError(
+            f"row {example.id!r}: target span [{s}, {e}] is outside the {length} characters it points into; "
+            "spans are [start, end) character offsets with 0 <= start < end <= length."
+        )
+    return (s, e)
+
+
+def plain_target_text(example: Example) -> str:
+    """The text of the detection target alone (all contents joined by a blank line for chats w/o target)."""
+    if example.text is not None:
+        s, e = _sub_span(example, len(example.text))
+        return example.text[s:e]
+    messages = example.messages or ()
+    idx = target_message_index(example)
+    if idx is None:
+        return PLAIN_SEPARATOR.join(m.content for m in messages)
+    content = messages[idx].content
+    s, e = _sub_span(example, len(content))
+    return content[s:e]
+
+
+def _chat_target_spans(
+    example: Example, content_spans: Sequence[Span | None], trimmed: bool = False
+) -> list[Span]:
+    """Map a chat row's target onto rendered-text spans, given each message content's span (``None`` where
+    the template dropped a message). ``trimmed``: the template stripped contents, so a sub-span is shifted by
+    the stripped leading whitespace and clipped to the kept text."""
+    idx = target_message_index(example)
+    if idx is None:
+        return [s for s in content_spans if s is not None and s[0] < s[1]]
+    span = content_spans[idx]
+    if span is None:
+        raise DatasetError(
+            f"row {example.id!r}: the chat template does not render message {idx} (the target), so the "
+            "probe has nothing to read; target another message or use another template."
+        )
+    content = (example.messages or ())[idx].content
+    lead = len(content) - len(content.lstrip()) if trimmed else 0
+    s, e = _sub_span(example, len(content))
+    start, end = span
+    s2, e2 = max(s - lead, 0), min(e - lead, end - start)
+    if s2 >= e2:
+        raise DatasetError(
+            f"row {example.id!r}: the target span [{s}, {e}] covers only whitespace that the chat template "
+            "trims away; point the span at visible text."
+        )
+    return [(start + s2, start + e2)]
+
+
+# -- chat templates ----------------------------------------------------------------------------------------
+def _sentinel(i: int) -> str:
+    # Private-use code points: never in real text, no whitespace (survive ``| trim``), one per message.
+    return f"\ue000{i}\ue001"
+
+
+def _exact_chat_spans(
+    example: Example, apply: Callable[[list[dict[str, str]]], str]
+) -> tuple[str, list[Span | None], bool]:
+    """Render a chat through ``apply``; return the text, each message content's exact span (``None`` where
+    the template drops a message) and whether the template trimmed the contents."""
+    messages = example.messages or ()
+    real = apply([{"role": m.role, "content": m.content} for m in messages])
+    marked = apply([{"role": m.role, "content": _sentinel(i)} for i, m in enumerate(messages)])
+    found: list[tuple[int, int]] = []  # (position in marked, message index)
+    for i in range(len(messages)):
+        s = _sentinel(i)
+        count = marked.count(s)
+        if count > 1:
+            raise DatasetError(
+                f"row {example.id!r}: the chat template writes message {i}'s content {count} times; a "
+                "single detection span cannot be defined. Use another template or the plain fallback "
+                "(use_chat_template=False)."
+            )
+        if count == 1:
+            found.append((marked.index(s), i))
+    found.sort()
+
+    # Contents substituted as-is, then as a template that trims them would write them.
+    for transform in (_identity, _strip):
+        pieces: list[str] = []
+        spans: list[Span | None] = [None] * len(messages)
+        pos_marked = 0
+        length = 0
+        for at, i in found:
+            chunk = marked[pos_marked:at]
+            content, _ = transform(messages[i].content)
+            pieces.append(chunk)
+            length += len(chunk)
+            spans[i] = (length, length + len(content))
+            pieces.append(content)
+            length += len(content)
+            pos_marked = at + len(_sentinel(i))
+        pieces.append(marked[pos_marked:])
+        if "".join(pieces) == real:
+            return real, spans, transform is _strip
+    raise DatasetError(
+        f"row {example.id!r}: the chat template changes message contents in a way that cannot be undone "
+        "(beyond trimming whitespace), so exact target spans cannot be found. Use another template or the "
+        "plain fallback (use_chat_template=False)."
+    )
+
+
+def _identity(s: str) -> tuple[str, int]:
+    return s, 0
+
+
+def _strip(s: str) -> tuple[str, int]:
+    stripped = s.strip()
+    return stripped, (len(s) - len(s.lstrip()))
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render(
+    example: Example,
+    tokenizer: Any = None,
+    *,
+    chat_template: str | None = None,
+    use_chat_template: UseChatTemplate = "auto",
+) -> Rendered:
+    """Render one row to a string with exact target character spans (see the module docstring).
+
+    ``use_chat_template``: ``"auto"`` uses a template when ``chat_template`` is given or the tokenizer has
+    one; ``True`` requires one; ``False`` always uses the plain fallback. ``tokenizer`` may be ``None`` for
+    text rows and the plain fallback.
+    """
+    bos = getattr(tokenizer, "bos_token", None) if tokenizer is not None else None
+
+    def finish(text: str, spans: list[Span]) -> Rendered:
+        return Rendered(text, spans, add_special_tokens=not (bos and text.startswith(bos)))
+
+    if example.text is not None:
+        return finish(example.text, [_sub_span(example, len(example.text))])
+    if example.messages is None:
+        raise DatasetError(f"row {example.id!r}: has neither 'text' nor 'messages'.")
+
+    template = chat_template
+    if use_chat_template is False:
+        use_template = False
+    else:
+        use_template = template is not None or (tokenizer is not None and _has_chat_template(tokenizer))
+        if use_chat_template is True and not use_template:
+            raise TokenizerError(
+                "use_chat_template=True but the tokenizer has no chat template; pass chat_template='...' "
+                "(a Jinja string) or use_chat_template='auto' for the plain fallback."
+            )
+    if not use_template:
+        text, content_spans = render_plain(example.messages)
+        return finish(text, _chat_target_spans(example, content_spans))
+    if tokenizer is None:
+        raise TokenizerError("rendering with a chat template needs the tokenizer; pass tokenizer=...")
+
+    def apply(msgs: list[dict[str, str]]) -> str:
+        try:
+            out = tokenizer.apply_chat_template(msgs, tokenize=False, chat_template=template)
+        except Exception as exc:  # a template's own raise_exception(), e.g. roles must alternate
+            raise DatasetError(f"row {example.id!r}: the chat template failed: {exc}") from exc
+        if not isinstance(out, str):
+            raise TokenizerError(f"apply_chat_template returned {type(out).__name__}, expected a string.")
+        return out
+
+    text, content_spans, trimmed = _exact_chat_spans(example, apply)
+    return finish(text, _chat_target_spans(example, content_spans, trimmed))
+
+
+# -- encoding ----------------------------------------------------------------------------------------------
+def _check_fast(tokenizer: Any) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TokenizerError(
+            f"{type(tokenizer).__name__} is a slow (Python) tokenizer: detection masks need character offsets "
+            "from a fast tokenizer. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        )
+
+
+def _mask(
+    text: str,
+    offsets: Sequence[tuple[int, int]],
+    special: Sequence[int],
+    ids: Sequence[int],
+    special_ids: frozenset[int],
+    spans: Sequence[Span],
+) -> list[bool]:
+    mask: list[bool] = []
+    for (start, end), sp, tok in zip(offsets, special, ids, strict=True):
+        if sp or tok in special_ids or start >= end:
+            mask.append(False)
+            continue
+        # Judge a token by the characters it spells: skip its leading whitespace (SentencePiece "▁",
+        # byte-level "Ġ") unless it is all whitespace.
+        s = start
+        while s < end and text[s].isspace():
+            s += 1
+        if s == end:
+            s = start
+        mask.append(any(s < e and a < end for a, e in spans))
+    return mask
+
+
+def _encode_rendered(
+    rendered: Sequence[Rendered],
+    examples: Sequence[Example],
+    tokenizer: Any,
+    max_length: int | None,
+) -> tuple[list[Encoded], int]:
+    """Tokenize rendered rows in one batch per ``add_special_tokens`` value; returns encodings and the
+    number of rows whose target was partly truncated."""
+    special_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
+    out: list[Encoded | None] = [None] * len(rendered)
+    partly = 0
+    for flag in (True, False):
+        idx = [i for i, r in enumerate(rendered) if r.add_special_tokens is flag]
+        if not idx:
+            continue
+        kwargs: dict[str, Any] = {}
+        if max_length is not None:
+            kwargs = {"truncation": True, "max_length": max_length}
+        batch = tokenizer(
+            [rendered[i].text for i in idx],
+            add_special_tokens=flag,
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            **kwargs,
+        )
+        for j, i in enumerate(idx):
+            r = rendered[i]
+            ids = [int(t) for t in batch["input_ids"][j]]
+            mask = _mask(
+                r.text,
+                batch["offset_mapping"][j],
+                batch["special_tokens_mask"][j],
+                ids,
+                special_ids,
+                r.target_spans,
+            )
+            if not any(mask):
+                ex = examples[i]
+                if max_length is not None and len(ids) >= max_length:
+                    raise DatasetError(
+                        f"row {ex.id!r}: its detection target lies beyond max_length={max_length} tokens and "
+                        "was truncated away; raise max_length or shorten the row."
+                    )
+                raise DatasetError(
+                    f"row {ex.id!r}: no token covers the detection target {r.target_spans}; the target may be "
+                    "only whitespace the tokenizer drops. Point it at visible text."
+                )
+            if max_length is not None and len(ids) >= max_length:
+                last_char = max(e for _, e in r.target_spans)
+                covered = max(
+                    (e for (s, e), m in zip(batch["offset_mapping"][j], mask, strict=True) if m), default=0
+                )
+                if covered < last_char and r.text[covered:last_char].strip():
+                    partly += 1
+            out[i] = Encoded(input_ids=tuple(ids), target_mask=tuple(mask))
+    return [e for e in out if e is not None], partly
+
+
+def encode(
+    example: Example,
+    tokenizer: Any,
+    *,
+    max_length: int | None = None,
+    chat_template: str | None = None,
+    use_chat_template: UseChatTemplate = "auto",
+) -> Encoded:
+    """Tokenize one row and mark the tokens of its detection target (see the module docstring)."""
+    _check_fast(tokenizer)
+    r = render(example, tokenizer, chat_template=chat_template, use_chat_template=use_chat_template)
+    encoded, _ = _encode_rendered([r], [example], tokenizer, max_length)
+    return encoded[0]
+
+
+def encode_dataset(
+    dataset: ContrastDataset | Sequence[Example],
+    tokenizer: Any,
+    *,
+    max_length: int | None = None,
+    chat_template: str | None = None,
+    use_chat_template: UseChatTemplate = "auto",
+    progress: bool = False,
+    batch_size: int = 1024,
+) -> list[Encoded]:
+    """Encode every row (same rules as :func:`encode`), tokenizing in batches of ``batch_size`` rows."""
+    _check_fast(tokenizer)
+    examples = list(dataset)
+    out: list[Encoded] = []
+    partly = 0
+    starts = range(0, len(examples), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="tokenizing", unit="batch")
+    for start in starts:
+        chunk = examples[start : start + batch_size]
+        rendered = [
+            render(ex, tokenizer, chat_template=chat_template, use_chat_template=use_chat_template)
+            for ex in chunk
+        ]
+        encoded, n = _encode_rendered(rendered, chunk, tokenizer, max_length)
+        out.extend(encoded)
+        partly += n
+    if partly:
+        warnings.warn(
+            f"{partly} row(s) had their detection target cut by max_length={max_length}; only the surviving "
+            "target tokens are read. Raise max_length to read whole targets.",
+            stacklevel=2,
+        )
+    return out
