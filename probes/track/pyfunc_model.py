@@ -1,0 +1,60 @@
+"""The MLflow model of a probe bundle, logged with MLflow's *models-from-code* (no pickle).
+
+MLflow copies this file into the logged model and executes it at load time; ``set_model`` below names the
+model object. ``load_context`` reads the bundle (safetensors + JSON) once; ``predict`` scores activations:
+
+    model = mlflow.pyfunc.load_model("runs:/<run_id>/probe")   # or the models:/ URI the run printed
+    model.predict(features)   # (n, d) ndarray or DataFrame of pooled activations at the probe's site
+
+and returns a DataFrame with ``score`` (decision function: higher = more of the positive class),
+``probability`` (calibrated) and ``flagged`` (``score >= threshold``, the threshold calibrated on the
+control set for the run's first target FPR). ``model_config={"probe": name}`` picks a probe of a
+multi-probe bundle (default: the first).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class ProbeBundleModel(PythonModel):
+    """Scores ``(n, d)`` activations with one probe of a :class:`probes.package.ProbeBundle`."""
+
+    def load_context(self, context: Any) -> None:
+        from probes.package import ProbeBundle
+
+        self.bundle = ProbeBundle.load(context.artifacts["bundle"])
+        config = dict(getattr(context, "model_config", None) or {})
+        self.entry = self.bundle[config.get("probe") or self.bundle.names[0]]
+        threshold = self.entry.threshold_for()
+        self.threshold = None if threshold is None else float(threshold.value)
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        if isinstance(model_input, pd.DataFrame):
+            X = model_input.to_numpy(dtype=np.float32)
+        elif isinstance(model_input, dict):  # named-tensor input: take the only tensor
+            (X,) = (np.asarray(v, dtype=np.float32) for v in model_input.values())
+        else:
+            X = np.asarray(model_input, dtype=np.float32)
+        if X.ndim == 1:
+            X = X[None, :]
+        with torch.inference_mode():
+            scores = self.entry.score(torch.from_numpy(np.ascontiguousarray(X)))
+            probability = self.entry.calibrate(scores)
+        scores_np = scores.float().cpu().numpy().astype(np.float64)
+        out = pd.DataFrame(
+            {"score": scores_np, "probability": probability.float().cpu().numpy().astype(np.float64)}
+        )
+        if self.threshold is not None:
+            out["flagged"] = scores_np >= self.threshold
+        return out
+
+
+mlflow.models.set_model(ProbeBundleModel())

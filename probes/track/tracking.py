@@ -1,0 +1,289 @@
+"""Logging a finished run to MLflow, and fetching a run's probe back.
+
+Layout of an MLflow run written by :func:`log_run`:
+
+- params: the flattened config (``model.name_or_path``, ``probe.kind``, ``data.splits.train``, ...) plus
+  ``overrides`` (the ``--set`` items);
+- metrics: ``val_auroc`` / ``val_<metric>`` logged once per swept layer with ``step = layer index`` (the layer
+  sweep is a chart in the MLflow UI), and ``test_*``, ``control_*``, ``eval_<name>_*``, ``baseline_*`` for
+  the chosen layer;
+- tags: ``probes.version``, ``probes.git_commit``, ``probes.model``, ``probes.model_revision``,
+  ``probes.model_weight_hash``, ``probes.layer``, ``probes.dataset.<role>.fingerprint``, ``probes.config``,
+  plus the config's ``tracking.tags``;
+- artifacts: everything in the run folder (``report.json``, ``config.yaml``, ``plots/``, ``bundle/``, ...);
+- a logged MLflow model named ``probe``: a pyfunc model-from-code (:mod:`probes.track.pyfunc_model`) whose
+  artifact is the bundle; ``mlflow.pyfunc.load_model(model_uri).predict(features)`` scores activations.
+
+Nothing here imports mlflow at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probes.errors import TrackingError
+
+__all__ = ["TrackingOutcome", "default_tracking_uri", "git_commit", "log_run", "pull"]
+
+MODEL_NAME = "probe"
+BUNDLE_ARTIFACT = "bundle"
+# Short network settings so an unreachable server costs seconds, not minutes; the user's env wins.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
+
+@dataclass(frozen=True)
+class TrackingOutcome:
+    """What happened to tracking: ``tracked`` is False when the run was not (fully) logged."""
+
+    tracked: bool
+    tracking_uri: str
+    message: str
+    run_id: str | None = None
+    experiment_id: str | None = None
+    model_uri: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tracked": self.tracked,
+            "tracking_uri": self.tracking_uri,
+            "message": self.message,
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "model_uri": self.model_uri,
+        }
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else MLflow's own default (a SQLite ``mlflow.db`` in the current directory)."""
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
+
+
+def git_commit(start: str | Path | None = None) -> str | None:
+    """The git commit of the probes source tree (``+dirty`` if modified), or None outside git."""
+    where = Path(start) if start is not None else Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha + ("+dirty" if dirty else "") if sha else None
+
+
+@contextlib.contextmanager
+def _http_defaults() -> Iterator[None]:
+    added = [k for k in _HTTP_DEFAULTS if k not in os.environ]
+    for key in added:
+        os.environ[key] = _HTTP_DEFAULTS[key]
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str | None) -> Iterator[str]:
+    """Point the fluent MLflow API at ``uri`` for the block, then restore what the caller had."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri() if uri is not None else None
+    if uri is not None:
+        mlflow.set_tracking_uri(uri)
+    try:
+        yield str(mlflow.get_tracking_uri())
+    finally:
+        if previous is not None:
+            mlflow.set_tracking_uri(previous)
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> str | None:
+    """None if an HTTP tracking server answers its health check, else why not (non-HTTP URIs pass)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (user-given URI)
+            if response.status >= 400:
+                return f"{url} answered HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"{url} answered HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return f"cannot reach {url} ({reason})"
+    return None
+
+
+def _not_tracked(uri: str, why: str, on_error: str, run_dir: Path | None) -> TrackingOutcome:
+    where = f" Results are in {run_dir}." if run_dir is not None else ""
+    message = (
+        f"NOT TRACKED: the run was not logged to MLflow at {uri}: {why}.{where} "
+        "Start the server (or fix tracking.tracking_uri / $MLFLOW_TRACKING_URI), or set "
+        "tracking.enabled=false to run without MLflow."
+    )
+    if on_error == "fail":
+        raise TrackingError(message + " (tracking.on_error=fail)")
+    return TrackingOutcome(tracked=False, tracking_uri=uri, message=message)
+
+
+def log_run(
+    *,
+    run_name: str,
+    experiment: str,
+    tracking_uri: str | None,
+    params: Mapping[str, str],
+    layer_metrics: Sequence[tuple[int, Mapping[str, float]]] = (),
+    metrics: Mapping[str, float] | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_dir: Path | None = None,
+    bundle_dir: Path | None = None,
+    example_features: Any = None,
+    log_model: bool = True,
+    on_error: str = "warn",
+) -> TrackingOutcome:
+    """Log one finished run; never loses local results (they are already on disk when this is called).
+
+    ``layer_metrics`` is ``[(layer_index, {"val_auroc": ..., ...}), ...]`` logged as step series. With
+    ``on_error="fail"`` any tracking problem raises :class:`TrackingError`, else it is reported in the
+    returned outcome's ``message``.
+    """
+    with _http_defaults():
+        try:
+            import mlflow
+        except ImportError as exc:  # pragma: no cover - mlflow is a dependency
+            return _not_tracked(tracking_uri or "?", f"mlflow is not installed ({exc})", on_error, run_dir)
+        uri = tracking_uri or default_tracking_uri()
+        problem = check_reachable(uri)
+        if problem is not None:
+            return _not_tracked(uri, problem, on_error, run_dir)
+        run_id: str | None = None
+        try:
+            with _tracking_uri(uri) as uri:
+                # Looked up through a client rather than mlflow.set_experiment: no global state is left behind.
+                client = mlflow.tracking.MlflowClient(uri)
+                found = client.get_experiment_by_name(experiment)
+                experiment_id = (
+                    found.experiment_id if found is not None else client.create_experiment(experiment)
+                )
+                with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
+                    run_id = active.info.run_id
+                    _log_params(mlflow, params)
+                    for step, values in layer_metrics:
+                        for key, value in values.items():
+                            if value is not None:
+                                mlflow.log_metric(key, float(value), step=int(step))
+                    clean = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
+                    if clean:
+                        mlflow.log_metrics(clean)
+                    mlflow.set_tags({k: str(v) for k, v in (tags or {}).items() if v is not None})
+                    if run_dir is not None:
+                        mlflow.log_artifacts(str(run_dir))
+                    model_uri = None
+                    if log_model and bundle_dir is not None:
+                        model_uri = _log_probe_model(mlflow, bundle_dir, example_features)
+                    if bundle_dir is not None and (run_dir is None or not _inside(bundle_dir, run_dir)):
+                        mlflow.log_artifacts(str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
+        except TrackingError:
+            raise
+        except Exception as exc:  # any MLflow/network/storage failure: keep the local run, say so
+            if run_id is not None:
+                with contextlib.suppress(Exception), _tracking_uri(uri):
+                    mlflow.tracking.MlflowClient().set_terminated(run_id, status="FAILED")
+            return _not_tracked(uri, f"{type(exc).__name__}: {exc}", on_error, run_dir)
+    return TrackingOutcome(
+        tracked=True,
+        tracking_uri=uri,
+        message=f"Tracked in MLflow at {uri}: experiment {experiment!r}, run {run_id}.",
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_uri=model_uri,
+    )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _log_params(mlflow: Any, params: Mapping[str, str]) -> None:
+    # MLflow caps param values (6000 chars) and batch sizes (100 per call).
+    items = [(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def _log_probe_model(mlflow: Any, bundle_dir: Path, example_features: Any) -> str:
+    import probes
+
+    code = Path(__file__).with_name("pyfunc_model.py")
+    signature = None
+    if example_features is not None:
+        import numpy as np
+        from mlflow.models import infer_signature
+
+        example = np.asarray(example_features, dtype=np.float32)
+        signature = infer_signature(example)
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_NAME,
+        python_model=str(code),
+        artifacts={"bundle": str(bundle_dir)},
+        signature=signature,
+        # Given explicitly: inferring requirements would import the model in a subprocess (slow).
+        pip_requirements=[f"residual-probes=={probes.__version__}", "torch", "safetensors", "pandas"],
+    )
+    return str(info.model_uri)
+
+
+def pull(run_id: str, to: str | Path, tracking_uri: str | None = None) -> Path:
+    """Download the probe bundle of MLflow run ``run_id`` into folder ``to``; returns the bundle folder.
+
+    The bundle is verified (sha256 of its tensors, schema) before this returns.
+    """
+    with _http_defaults():
+        import mlflow
+
+        uri = tracking_uri or default_tracking_uri()
+        problem = check_reachable(uri)
+        if problem is not None:
+            raise TrackingError(
+                f"Cannot pull run {run_id}: {problem}. Check --tracking-uri / $MLFLOW_TRACKING_URI."
+            )
+        dest = Path(to)
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=str(dest), tracking_uri=uri
+            )
+        except Exception as exc:
+            raise TrackingError(
+                f"Cannot pull the bundle of run {run_id} from {uri}: {type(exc).__name__}: {exc}. Check the run "
+                "id (mlflow ui lists runs) and that the run was logged by `probes run`."
+            ) from exc
+    from probes.package import ProbeBundle
+
+    ProbeBundle.load(local)  # verify before handing it over
+    return Path(local)
