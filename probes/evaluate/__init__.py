@@ -1,1 +1,67 @@
-"""See the package docstring of probes."""
+"""Honest evaluation of probes.
+
+- :func:`evaluate` -> :class:`EvalReport`: AUROC/AUPRC/accuracy with (grouped) bootstrap CIs; thresholds at
+  target FPRs set on benign control traffic with the conformal rank (:func:`conformal_threshold`), recall
+  at them on test positives and the empirical FPR on held-out control, each with an exact binomial CI;
+  ECE/Brier/reliability, optionally after Platt or isotonic calibration fitted on a calibration split.
+- :func:`text_baseline`: TF-IDF + logistic regression on the same splits — if the text alone scores as well
+  as the probe, the dataset is confounded (:func:`confound_check`).
+- :func:`layer_sweep` (choose the site on validation only) and :func:`generalization_matrix`.
+"""
+
+from probes.evaluate.baseline import BaselineResult, confound_check, text_baseline
+from probes.evaluate.calibration import (
+    Calibrator,
+    IsotonicCalibrator,
+    PlattCalibrator,
+    brier_score,
+    expected_calibration_error,
+    reliability_curve,
+)
+from probes.evaluate.core import evaluate
+from probes.evaluate.metrics import (
+    accuracy,
+    auprc,
+    auroc,
+    bootstrap_ci,
+    bootstrap_indices,
+    clopper_pearson,
+    with_ci,
+)
+from probes.evaluate.report import EvalReport
+from probes.evaluate.sweep import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
+from probes.evaluate.thresholds import (
+    OperatingPoint,
+    conformal_n_needed,
+    conformal_threshold,
+    operating_point,
+)
+
+__all__ = [
+    "BaselineResult",
+    "Calibrator",
+    "EvalReport",
+    "GeneralizationResult",
+    "IsotonicCalibrator",
+    "OperatingPoint",
+    "PlattCalibrator",
+    "SweepResult",
+    "accuracy",
+    "auprc",
+    "auroc",
+    "bootstrap_ci",
+    "bootstrap_indices",
+    "brier_score",
+    "clopper_pearson",
+    "confound_check",
+    "conformal_n_needed",
+    "conformal_threshold",
+    "evaluate",
+    "expected_calibration_error",
+    "generalization_matrix",
+    "layer_sweep",
+    "operating_point",
+    "reliability_curve",
+    "text_baseline",
+    "with_ci",
+]

@@ -1,0 +1,204 @@
+"""Headless PNG plots of evaluation results.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (rendered by Agg), never through pyplot, so
+plotting neither needs a display nor changes the backend or open figures of a notebook that calls it.
+matplotlib is imported inside each function. Each function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_COLORS = {"pos": "#d62728", "neg": "#1f77b4", "control": "#7f7f7f", "val": "#1f77b4", "test": "#ff7f0e"}
+
+
+def _figure(**kwargs: Any) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, format="png")
+    return out
+
+
+def roc_curve_plot(
+    y: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    path: str | Path,
+    *,
+    operating_points: Sequence[tuple[float, float]] = (),
+    title: str = "ROC",
+) -> Path:
+    """ROC curve of ``scores`` with each ``(target_fpr, threshold)`` marked where it lands on the test set.
+
+    The marker sits at the *test* FPR/recall of the threshold (set on control data), so a gap between the
+    marker's x and the target shows how far test negatives are from the control traffic.
+    """
+    from sklearn.metrics import roc_curve
+
+    from probes.evaluate.metrics import auroc
+
+    y_arr, s_arr = np.asarray(y), np.asarray(scores, dtype=np.float64)
+    fpr, tpr, _ = roc_curve(y_arr, s_arr)
+    fig = _figure(figsize=(5, 5))
+    ax = fig.subplots()
+    ax.plot(fpr, tpr, color="black", lw=1.5, label=f"probe (AUROC {auroc(y_arr, s_arr):.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    markers = ["o", "s", "^", "D", "v"]
+    for i, (target, threshold) in enumerate(operating_points):
+        flagged = s_arr > threshold
+        x, r = flagged[y_arr == 0].mean(), flagged[y_arr == 1].mean()
+        ax.plot(
+            [x],
+            [r],
+            marker=markers[i % len(markers)],
+            ms=8,
+            ls="none",
+            label=f"threshold @ target FPR {100 * target:g}%: recall {100 * r:.1f}%",
+        )
+    ax.set(xlabel="false-positive rate (test negatives)", ylabel="recall (true-positive rate)", title=title)
+    ax.set_xlim(-0.01, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def reliability_diagram(
+    reliability: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "Reliability"
+) -> Path:
+    """Observed frequency vs mean predicted probability per equal-mass bin, with bin counts below."""
+    pred = np.asarray(reliability["mean_predicted"], dtype=np.float64)
+    obs = np.asarray(reliability["observed_frequency"], dtype=np.float64)
+    counts = np.asarray(reliability["counts"], dtype=np.int64)
+    fig = _figure(figsize=(5, 6))
+    ax, axc = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
+    ax.plot(pred, obs, marker="o", color="black", label="probe")
+    ax.set(ylabel="observed frequency of positives", title=title)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    lower = np.asarray(reliability.get("bin_lower", pred), dtype=np.float64)
+    upper = np.asarray(reliability.get("bin_upper", pred), dtype=np.float64)
+    widths = np.maximum(upper - lower, 0.01)
+    axc.bar(lower, counts, width=widths, align="edge", color="#9ecae1", edgecolor="black", lw=0.5)
+    for x, c in zip(pred, counts, strict=True):
+        axc.annotate(str(int(c)), (x, c), ha="center", va="bottom", fontsize=7)
+    axc.set(xlabel="mean predicted probability (equal-mass bins)", ylabel="rows per bin")
+    axc.set_ylim(0, max(1, int(counts.max(initial=1))) * 1.3)
+    return _save(fig, path)
+
+
+def score_histograms(
+    y: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    path: str | Path,
+    *,
+    control_scores: Sequence[float] | np.ndarray | None = None,
+    thresholds: Sequence[tuple[float, float]] = (),
+    title: str = "Scores",
+) -> Path:
+    """Density histograms of positive, negative and control scores with each threshold as a vertical line."""
+    y_arr, s_arr = np.asarray(y), np.asarray(scores, dtype=np.float64)
+    groups = [
+        (s_arr[y_arr == 1], "test positives", _COLORS["pos"]),
+        (s_arr[y_arr == 0], "test negatives", _COLORS["neg"]),
+    ]
+    if control_scores is not None and len(control_scores):
+        groups.append((np.asarray(control_scores, dtype=np.float64), "benign control", _COLORS["control"]))
+    everything = np.concatenate([g[0] for g in groups])
+    bins = np.histogram_bin_edges(everything, bins=40)
+    fig = _figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for values, label, color in groups:
+        ax.hist(values, bins=bins, density=True, alpha=0.45, color=color, label=f"{label} (n={values.size})")
+    styles = ["--", "-.", ":", (0, (5, 1))]
+    for i, (target, threshold) in enumerate(thresholds):
+        if math.isfinite(threshold):
+            ax.axvline(
+                threshold,
+                color="black",
+                ls=styles[i % len(styles)],
+                lw=1.2,
+                label=f"threshold @ FPR {100 * target:g}%",
+            )
+    ax.set(xlabel="probe score (decision function)", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def layer_sweep_plot(
+    table: Sequence[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    best_layer: str | None = None,
+    title: str = "Layer sweep",
+) -> Path:
+    """Validation (and test, when present) AUROC per layer; the layer picked on validation is marked."""
+    layers = [str(row["layer"]) for row in table]
+    x = np.arange(len(layers))
+    fig = _figure(figsize=(max(5, 0.45 * len(layers) + 2), 4))
+    ax = fig.subplots()
+    val = np.array([row.get("val_auroc", np.nan) for row in table], dtype=np.float64)
+    ax.plot(x, val, marker="o", color=_COLORS["val"], label="validation AUROC")
+    test = np.array(
+        [row.get("test_auroc", np.nan) if row.get("test_auroc") is not None else np.nan for row in table],
+        dtype=np.float64,
+    )
+    if np.isfinite(test).any():
+        lo = np.array([row.get("test_auroc_lo", np.nan) or np.nan for row in table], dtype=np.float64)
+        hi = np.array([row.get("test_auroc_hi", np.nan) or np.nan for row in table], dtype=np.float64)
+        ax.plot(x, test, marker="s", color=_COLORS["test"], label="test AUROC")
+        if np.isfinite(lo).any():
+            ax.fill_between(x, lo, hi, color=_COLORS["test"], alpha=0.2, label="test 95% CI")
+    if best_layer is not None and best_layer in layers:
+        ax.axvline(
+            layers.index(best_layer), color="black", ls="--", lw=1, label=f"picked on val: {best_layer}"
+        )
+    ax.set_xticks(x, [name.replace("layers.", "") for name in layers])
+    ax.set(xlabel="layer", ylabel="AUROC", title=title)
+    finite = np.concatenate([val[np.isfinite(val)], test[np.isfinite(test)]])
+    ax.set_ylim(min(0.45, float(finite.min()) - 0.02) if finite.size else 0.45, 1.01)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def generalization_heatmap(
+    matrix: Sequence[Sequence[float]],
+    names: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Generalisation (AUROC)",
+) -> Path:
+    """Rows: dataset trained on; columns: dataset evaluated on; cells annotated with AUROC."""
+    m = np.asarray(matrix, dtype=np.float64)
+    size = max(4.0, 0.9 * len(names) + 2.5)
+    fig = _figure(figsize=(size, size * 0.85))
+    ax = fig.subplots()
+    im = ax.imshow(m, vmin=0.5, vmax=1.0, cmap="viridis")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            value = m[i, j]
+            text = "-" if not np.isfinite(value) else f"{value:.2f}"
+            ax.text(
+                j, i, text, ha="center", va="center", color="white" if value < 0.8 else "black", fontsize=9
+            )
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="evaluated on", ylabel="trained on", title=title)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="AUROC")
+    return _save(fig, path)
