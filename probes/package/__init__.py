@@ -1,1 +1,5 @@
-"""See the package docstring of probes."""
+"""Probe bundles: trained probes packaged as safetensors + a JSON manifest with the model's fingerprint."""
+
+from probes.package.bundle import BundleEntry, ProbeBundle, Threshold, apply_calibration
+
+__all__ = ["BundleEntry", "ProbeBundle", "Threshold", "apply_calibration"]
