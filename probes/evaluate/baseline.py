@@ -139,7 +139,7 @@ def confound_check(
         return None
     if baseline_auroc >= probe_auroc - margin:
         return (
-            f"{what} baseline AUROC {baseline_auroc:.3f} is within {margin:g} of the probe's "
+            f"{what} baseline AUROC {baseline_auroc:.3f} is within {margin:g} of (or above) the probe's "
             f"{probe_auroc:.3f}: the dataset may be confounded — the probe could be reading surface text "
             "rather than the model's internal state."
         )

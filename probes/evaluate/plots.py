@@ -50,27 +50,45 @@ def roc_curve_plot(
 
     y_arr, s_arr = np.asarray(y), np.asarray(scores, dtype=np.float64)
     fpr, tpr, _ = roc_curve(y_arr, s_arr)
-    fig = _figure(figsize=(5, 5))
-    ax = fig.subplots()
-    ax.plot(fpr, tpr, color="black", lw=1.5, label=f"probe (AUROC {auroc(y_arr, s_arr):.3f})")
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    n_neg = int((y_arr == 0).sum())
+    # Monitors live at FPRs of 1% and below, which a linear axis squeezes into its first pixel: the right
+    # panel repeats the curve on a log FPR axis down to one test negative.
+    fig = _figure(figsize=(10, 4.8))
+    ax_lin, ax_log = fig.subplots(1, 2)
+    # Zero-FPR points are drawn at half a test negative so they stay on the log axis.
+    floor = min([1.0 / max(n_neg, 1)] + [t for t, _ in operating_points])
     markers = ["o", "s", "^", "D", "v"]
-    for i, (target, threshold) in enumerate(operating_points):
-        flagged = s_arr > threshold
-        x, r = flagged[y_arr == 0].mean(), flagged[y_arr == 1].mean()
-        ax.plot(
-            [x],
-            [r],
-            marker=markers[i % len(markers)],
-            ms=8,
-            ls="none",
-            label=f"threshold @ target FPR {100 * target:g}%: recall {100 * r:.1f}%",
-        )
-    ax.set(xlabel="false-positive rate (test negatives)", ylabel="recall (true-positive rate)", title=title)
-    ax.set_xlim(-0.01, 1.0)
-    ax.set_ylim(0.0, 1.01)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(alpha=0.3)
+    for ax, log in ((ax_lin, False), (ax_log, True)):
+        x_curve = np.maximum(fpr, floor / 2) if log else fpr
+        ax.plot(x_curve, tpr, color="black", lw=1.5, label=f"probe (AUROC {auroc(y_arr, s_arr):.3f})")
+        diag = np.logspace(np.log10(floor / 2), 0, 50) if log else np.array([0.0, 1.0])
+        ax.plot(diag, diag, ls=":", color="grey", lw=1, label="chance")
+        for i, (target, threshold) in enumerate(operating_points):
+            flagged = s_arr > threshold
+            x, r = flagged[y_arr == 0].mean(), flagged[y_arr == 1].mean()
+            color = f"C{i}"
+            ax.plot(
+                [max(x, floor / 2) if log else x],
+                [r],
+                marker=markers[i % len(markers)],
+                ms=8,
+                ls="none",
+                color=color,
+                label=f"threshold @ target FPR {100 * target:g}%: recall {100 * r:.1f}%",
+            )
+            if log:
+                ax.axvline(target, color=color, ls="--", lw=0.8)
+        ax.set_ylim(0.0, 1.01)
+        ax.grid(alpha=0.3)
+        ax.set_ylabel("recall (true-positive rate)")
+        if log:
+            ax.set_xscale("log")
+            ax.set_xlim(floor / 2, 1.0)
+            ax.set(xlabel="false-positive rate (log; dashed: targets)", title="low-FPR region")
+        else:
+            ax.set_xlim(-0.01, 1.0)
+            ax.set(xlabel="false-positive rate (test negatives)", title=title)
+            ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 
 
@@ -94,9 +112,13 @@ def reliability_diagram(
     upper = np.asarray(reliability.get("bin_upper", pred), dtype=np.float64)
     widths = np.maximum(upper - lower, 0.01)
     axc.bar(lower, counts, width=widths, align="edge", color="#9ecae1", edgecolor="black", lw=0.5)
-    for x, c in zip(pred, counts, strict=True):
-        axc.annotate(str(int(c)), (x, c), ha="center", va="bottom", fontsize=7)
-    axc.set(xlabel="mean predicted probability (equal-mass bins)", ylabel="rows per bin")
+    if counts.size and counts.min() == counts.max():
+        count_note = f" · {int(counts[0])} rows in each bin"
+    else:
+        count_note = ""
+        for x, c in zip(pred, counts, strict=True):
+            axc.annotate(str(int(c)), (x, c), ha="center", va="bottom", fontsize=7)
+    axc.set(xlabel=f"mean predicted probability (equal-mass bins{count_note})", ylabel="rows per bin")
     axc.set_ylim(0, max(1, int(counts.max(initial=1))) * 1.3)
     return _save(fig, path)
 
@@ -189,14 +211,13 @@ def generalization_heatmap(
     size = max(4.0, 0.9 * len(names) + 2.5)
     fig = _figure(figsize=(size, size * 0.85))
     ax = fig.subplots()
-    im = ax.imshow(m, vmin=0.5, vmax=1.0, cmap="viridis")
+    # Diverging around chance: below-0.5 cells (a probe that transfers *inverted*) stand out in red.
+    im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap="RdYlGn")
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             value = m[i, j]
             text = "-" if not np.isfinite(value) else f"{value:.2f}"
-            ax.text(
-                j, i, text, ha="center", va="center", color="white" if value < 0.8 else "black", fontsize=9
-            )
+            ax.text(j, i, text, ha="center", va="center", color="black", fontsize=9)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set(xlabel="evaluated on", ylabel="trained on", title=title)

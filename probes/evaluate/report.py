@@ -248,9 +248,13 @@ class EvalReport:
                 _fmt(self.text_baseline_span_auroc),
                 _fmt_ci(self.text_baseline_span_auroc_ci),
             )
-        for w in self.warnings:
-            table.add_row("[yellow]warning[/yellow]", "", f"[yellow]{w}[/yellow]")
-        return table
+        if not self.warnings:
+            return table
+        from rich.console import Group
+        from rich.text import Text
+
+        notes = [Text(f"warning: {w}", style="yellow") for w in self.warnings]
+        return Group(table, *notes)
 
     def __str__(self) -> str:
         from io import StringIO

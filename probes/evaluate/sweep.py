@@ -12,7 +12,7 @@ import numpy as np
 
 from probes.evaluate.core import evaluate, probe_kind, resolve_site
 from probes.evaluate.metrics import auroc, with_ci
-from probes.evaluate.report import EvalReport, _fmt, _fmt_ci
+from probes.evaluate.report import EvalReport, _fmt, _fmt_ci, _fmt_pct
 
 if TYPE_CHECKING:
     from probes.collect.activations import Activations
@@ -112,11 +112,12 @@ class SweepResult:
         table = Table(title=f"Layer sweep · {self.probe_kind} (picked on validation)")
         table.add_column("layer")
         table.add_column("val AUROC", justify="right")
-        table.add_column("val 95% CI", justify="right")
+        table.add_column("val 95% CI", justify="right", no_wrap=True)
         if has_test:
             table.add_column("test AUROC", justify="right")
-            table.add_column("test 95% CI", justify="right")
-            table.add_column("recall @ FPR", justify="right")
+            table.add_column("test 95% CI", justify="right", no_wrap=True)
+            target = next((row.get("target_fpr") for row in self.table if row.get("target_fpr")), None)
+            table.add_column(f"recall @ FPR {_fmt_pct(target)}", justify="right")
         for row in self.table:
             mark = " *" if row["layer"] == self.best_layer else ""
             cells = [
@@ -128,7 +129,7 @@ class SweepResult:
                 cells += [
                     _fmt(row.get("test_auroc")),
                     _fmt_ci((row.get("test_auroc_lo"), row.get("test_auroc_hi"))),
-                    _fmt(row.get("recall_at_fpr")),
+                    _fmt_pct(row.get("recall_at_fpr")),
                 ]
             table.add_row(*cells)
         return table
