@@ -122,3 +122,22 @@ def test_generalization_matrix(tmp_path: Path) -> None:
     buf = StringIO()
     Console(file=buf, width=100).print(result)
     assert "trained on" in buf.getvalue()
+
+
+@pytest.mark.parametrize(("kind", "params"), [("logistic", {"C": 0.5}), ("diffmeans", {})])
+def test_layer_sweep_with_library_probes(kind: str, params: dict[str, Any]) -> None:
+    from probes.train import LogisticProbe
+
+    train, val = layered(400, 0, PLANTED), layered(300, 1, PLANTED)
+    result = layer_sweep(train, val, probe=kind, probe_params=params, n_bootstrap=20)
+    assert result.best_layer == "layers.3" and result.probe_kind == kind
+    if kind == "logistic":
+        assert all(isinstance(p, LogisticProbe) for p in result.probes.values())
+        # the batched torch fit and a per-layer sklearn fit agree on the selected layer's val AUROC
+        single = LogisticProbe(**params).fit(train["layers.3"], train.labels)
+        from probes.evaluate import auroc
+
+        val_auc = auroc(val.labels, single.decision_function(val["layers.3"]))
+        assert result.table[3]["val_auroc"] == pytest.approx(val_auc, abs=0.01)
+    with pytest.raises(ValueError, match="Unknown probe kind"):
+        layer_sweep(train, val, probe="no-such-probe")

@@ -28,16 +28,9 @@ def build_probe(probe: ProbeSpec, probe_params: Mapping[str, Any] | None = None)
         if params:
             raise ValueError("probe_params only apply to a probe kind name; bake them into your factory.")
         return probe()
-    import probes.train as train
+    from probes.train import make_probe
 
-    make_probe = getattr(train, "make_probe", None)
-    if make_probe is not None:
-        return make_probe(probe, **params)
-    from probes.train.base import PROBE_TYPES
-
-    if probe not in PROBE_TYPES:
-        raise ValueError(f"Unknown probe kind {probe!r}; known: {', '.join(sorted(PROBE_TYPES)) or 'none'}.")
-    return PROBE_TYPES[probe](**params)
+    return make_probe(probe, **params)
 
 
 def _fit_groups(acts: Activations) -> list[Any] | None:
@@ -51,24 +44,24 @@ def _sites(acts: Activations, layers: Sequence[str | int] | None) -> list[str]:
     return [resolve_site(acts, layer, "train") for layer in layers]
 
 
+# Hyperparameters fit_logistic_many shares with LogisticProbe; anything else (e.g. cv=) needs per-layer fits.
+_BATCHABLE = {"C", "standardize", "fit_intercept", "max_iter", "class_weight"}
+
+
 def _fit_all(
     train: Activations, sites: list[str], probe: ProbeSpec, probe_params: Mapping[str, Any] | None
 ) -> dict[str, Probe]:
-    """One fitted probe per site: one batched fit for all layers when probes.train offers it."""
+    """One fitted probe per site: one batched torch fit for all layers when the probe is plain logistic."""
     y, groups = np.asarray(train.labels), _fit_groups(train)
-    if probe == "logistic" and len(sites) > 1:
-        import probes.train as train_mod
+    params = dict(probe_params or {})
+    dense = all(not hasattr(train.features[s], "offsets") for s in sites)
+    if probe == "logistic" and len(sites) > 1 and dense and set(params) <= _BATCHABLE:
+        from probes.train import fit_logistic_many
 
-        fit_many = getattr(train_mod, "fit_logistic_many", None)
-        if fit_many is not None and all(not hasattr(train.features[s], "offsets") for s in sites):
-            fitted = fit_many(
-                {s: train.features[s] for s in sites}, y, groups=groups, **dict(probe_params or {})
-            )
-            return dict(fitted)
-    out: dict[str, Probe] = {}
-    for site in sites:
-        out[site] = build_probe(probe, probe_params).fit(train.features[site], y, groups=groups)
-    return out
+        return dict(
+            zip(sites, fit_logistic_many([train.features[s] for s in sites], y, **params), strict=True)
+        )
+    return {site: build_probe(probe, params).fit(train.features[site], y, groups=groups) for site in sites}
 
 
 @dataclass
