@@ -371,3 +371,24 @@ def test_folder_with_several_data_files(tmp_path: Path) -> None:
 def test_card_file_loader(tmp_path: Path) -> None:
     folder = make_folder(tmp_path)
     assert load_card(folder / "card.yaml").label_names == ("calm", "angry")
+
+
+def test_single_class_control_set(tmp_path: Path) -> None:
+    rows = [base(id=str(i), label="calm") for i in range(3)]
+    folder = make_folder(tmp_path, rows=rows, card={**CARD, "kind": "control"})
+    ds = load_dataset(folder)
+    assert ds.card.kind == "control" and ds.labels.tolist() == [0, 0, 0]
+    plain = make_folder(tmp_path / "p", rows=rows)
+    expect_error(plain, "kind: control")
+    assert load_dataset(plain, kind="control").card.kind == "control"
+    with pytest.raises(DatasetError, match="kind"):
+        load_dataset(plain, kind="other")
+
+
+def test_unknown_hub_id_fails_offline_with_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        DatasetError, match="no local file or folder, and loading it as a Hugging Face dataset"
+    ):
+        load_dataset("someone/no_such_dataset_xyz")

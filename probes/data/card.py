@@ -9,7 +9,7 @@ class is the state a probe detects (label 1).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -27,6 +27,8 @@ class DatasetCard(BaseModel):
 
     name: str
     label_names: tuple[str, str]
+    # "control": a calibration set that may hold a single class (e.g. benign rows only, for FPR thresholds).
+    kind: Literal["contrast", "control"] = "contrast"
     description: str = ""
     source: str = ""
     license: str = ""
@@ -68,8 +70,8 @@ class DatasetCard(BaseModel):
             if missing:
                 raise DatasetError(
                     f"{origin}: dataset card is missing {', '.join(repr(k) for k in missing)}. Add them "
-                    f"(required keys: {', '.join(REQUIRED_IN_FILE)}; optional: confounds, intended_use, "
-                    "splits, baselines)."
+                    f"(required keys: {', '.join(REQUIRED_IN_FILE)}; optional: kind, confounds, "
+                    "intended_use, splits, baselines)."
                 )
         known = set(cls.model_fields)
         unknown = sorted(set(data) - known)

@@ -240,13 +240,13 @@ class ContrastDataset:
         where: dict[str, str] = {}
         out: dict[str, list[int]] = {}
         for i, (ex, g) in enumerate(zip(self.examples, self.groups, strict=True)):
-            assert ex.split is not None
-            if where.setdefault(g, ex.split) != ex.split:
+            name = str(ex.split)
+            if where.setdefault(g, name) != name:
                 raise DatasetError(
-                    f"{self.source}: group {g!r} straddles splits {where[g]!r} and {ex.split!r} (row id "
+                    f"{self.source}: group {g!r} straddles splits {where[g]!r} and {name!r} (row id "
                     f"{ex.id!r}); put every row of a group in one split."
                 )
-            out.setdefault(ex.split, []).append(i)
+            out.setdefault(name, []).append(i)
         return {name: self.subset(idx) for name, idx in out.items()}
 
     # -- description -------------------------------------------------------------------------------------

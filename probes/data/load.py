@@ -196,6 +196,7 @@ def _parse_rows(
     mapping: _Mapping,
     label_names: tuple[str, str],
     check_typos: bool,
+    kind: str = "contrast",
 ) -> list[Example]:
     """Validate raw rows ``(where, dict)`` into examples, raising one error that lists every problem."""
     errors = _Errors(origin)
@@ -319,6 +320,9 @@ def _parse_rows(
         t_raw = raw.get(cols["target"])
         if not _is_missing(t_raw):
             t_raw = _json_cell(t_raw, where, cols["target"], errors)
+            # Parquet/HF struct columns give a row without a target as a struct of nulls.
+            if isinstance(t_raw, dict) and all(v is None for v in t_raw.values()):
+                t_raw = None
             if t_raw is not None:
                 target = _parse_target(t_raw, where, errors)
 
@@ -362,11 +366,13 @@ def _parse_rows(
 
     errors.raise_if_any()
     labels = {ex.label for ex in examples}
-    if len(labels) < 2:
+    if len(labels) < 2 and kind != "control":
         only = labels.pop()
         raise DatasetError(
             f"{origin}, field {cols['label']!r}: all {len(examples)} rows have label {label_names[only]!r} "
-            f"({only}); a contrast dataset needs both {label_names[0]!r} (0) and {label_names[1]!r} (1) rows."
+            f"({only}); a contrast dataset needs both {label_names[0]!r} (0) and {label_names[1]!r} (1) rows. "
+            "If this is a single-class control set (e.g. for FPR thresholds), set 'kind: control' in its card "
+            "or pass load_dataset(..., kind='control')."
         )
     return examples
 
@@ -444,34 +450,33 @@ def _resolve_card(
     name: str | None,
     label_names: Sequence[str] | None,
     default_name: str,
+    kind: str | None = None,
     hf_label_names: Sequence[str] | None = None,
 ) -> DatasetCard:
+    """The given card (object or file), else the one found beside the data, else a minimal card; keyword
+    overrides (``name``, ``label_names``, ``kind``) win."""
     if isinstance(card, str | Path):
         card = load_card(card)
     card = card or found
     if label_names is not None and len(label_names) != 2:
         raise DatasetError(f"label_names must be [negative, positive], got {list(label_names)}")
-    names = tuple(label_names) if label_names is not None else None
-    if card is None:
-        names = names or (tuple(hf_label_names) if hf_label_names else ("0", "1"))
-        return DatasetCard.from_dict(
-            {"name": name or default_name, "label_names": list(names)}, origin="load_dataset"
-        )
     update: dict[str, Any] = {}
     if name:
         update["name"] = name
-    if names:
-        update["label_names"] = list(names)
+    if label_names is not None:
+        update["label_names"] = list(label_names)
+    if kind:
+        update["kind"] = kind
+    if card is None:
+        names = tuple(hf_label_names) if hf_label_names else ("0", "1")
+        return DatasetCard.from_dict(
+            {"name": default_name, "label_names": list(names), **update}, origin="load_dataset"
+        )
     return DatasetCard.from_dict({**card.model_dump(), **update}, origin="load_dataset") if update else card
 
 
-def _hf_rows(ds: Any, origin: str) -> tuple[list[tuple[str, dict[str, Any]]], list[str] | None]:
-    """Rows of a ``datasets.Dataset`` and the names of a two-class ``ClassLabel`` label column, if any."""
-    names: list[str] | None = None
-    return [(f"{origin}, row index {i}", row) for i, row in enumerate(ds)], names
-
-
 def _hf_label_names(ds: Any, column: str) -> list[str] | None:
+    """The names of a two-class ``ClassLabel`` label column, if it is one."""
     feature = getattr(ds, "features", {}).get(column) if hasattr(ds, "features") else None
     names = getattr(feature, "names", None)
     return list(names) if names is not None and len(names) == 2 else None
@@ -491,6 +496,7 @@ def load_dataset(
     label_names: Sequence[str] | None = None,
     name: str | None = None,
     card: DatasetCard | str | Path | None = None,
+    kind: str | None = None,
     hf_split: str = "train",
     **hf_kwargs: Any,
 ) -> ContrastDataset:
@@ -501,24 +507,14 @@ def load_dataset(
     each row field (default: the field's own name); ``conditions`` lists plain columns to read as
     condition tags. ``label_names=[negative, positive]`` overrides the card's; without a card they default
     to a two-class ``ClassLabel``'s names or ``("0", "1")``. ``card`` gives a card (object or file) for a
-    source without one. ``hf_split`` and ``**hf_kwargs`` go to ``datasets.load_dataset`` for Hub ids.
+    source without one. ``kind="control"`` (or ``kind: control`` in the card) accepts a single-class
+    calibration set. ``hf_split`` and ``**hf_kwargs`` go to ``datasets.load_dataset`` for Hub ids.
     """
-    mapping = _Mapping(
-        {
-            "text": text,
-            "messages": messages,
-            "label": label,
-            "id": id,
-            "group": group,
-            "split": split,
-            "target": target,
-        },
-        conditions,
-    )
+    fields = {"text": text, "messages": messages, "label": label, "id": id, "group": group, "split": split}
+    mapping = _Mapping({**fields, "target": target}, conditions)
+    common: dict[str, Any] = {"card": card, "label_names": label_names, "hf_split": hf_split, "kind": kind}
     if not isinstance(path_or_name, str | Path):
-        return _load_hf_object(
-            path_or_name, mapping, card=card, name=name, label_names=label_names, hf_split=hf_split
-        )
+        return _load_hf_object(path_or_name, mapping, name=name, **common)
 
     path = Path(path_or_name)
     if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
@@ -526,23 +522,21 @@ def load_dataset(
 
         ds = datasets.load_from_disk(str(path))
         return _load_hf_object(
-            ds,
-            mapping,
-            card=card,
-            name=name or path.name,
-            label_names=label_names,
-            hf_split=hf_split,
-            origin=str(path),
-            found=find_card(path),
+            ds, mapping, name=name or path.name, origin=str(path), found=find_card(path), **common
         )
     if path.is_dir() or path.is_file():
         if hf_kwargs:
             raise TypeError(f"unexpected keyword argument(s) {sorted(hf_kwargs)} for a local dataset {path}")
         data_file = _find_data_file(path) if path.is_dir() else path
-        folder = path if path.is_dir() else path.parent
-        found = find_card(folder)
-        default_name = path.name if path.is_dir() else path.stem
-        dcard = _resolve_card(card, found, name=name, label_names=label_names, default_name=default_name)
+        found = find_card(path if path.is_dir() else path.parent)
+        dcard = _resolve_card(
+            card,
+            found,
+            name=name,
+            label_names=label_names,
+            default_name=path.name if path.is_dir() else path.stem,
+            kind=kind,
+        )
         suffix = data_file.suffix.lower()
         errors = _Errors(str(data_file))
         if suffix == ".jsonl":
@@ -557,7 +551,7 @@ def load_dataset(
                 f"{data_file}: unsupported data file type {suffix!r}; use .jsonl, .csv or .parquet."
             )
         examples = _parse_rows(
-            rows, str(data_file), mapping, dcard.label_names, check_typos=suffix == ".jsonl"
+            rows, str(data_file), mapping, dcard.label_names, check_typos=suffix == ".jsonl", kind=dcard.kind
         )
         return ContrastDataset(examples, dcard, data_file)
     if path.suffix.lower() in DATA_SUFFIXES or str(path_or_name).startswith((".", "/", "~")):
@@ -566,16 +560,14 @@ def load_dataset(
     # A Hugging Face Hub id: the ordinary datasets code path (needs the network or a local HF cache).
     import datasets
 
-    ds = datasets.load_dataset(str(path_or_name), split=hf_split, **hf_kwargs)
-    return _load_hf_object(
-        ds,
-        mapping,
-        card=card,
-        name=name or str(path_or_name),
-        label_names=label_names,
-        hf_split=hf_split,
-        origin=str(path_or_name),
-    )
+    try:
+        ds = datasets.load_dataset(str(path_or_name), split=hf_split, **hf_kwargs)
+    except Exception as exc:  # both readings of the name failed: say so, with the Hub's reason
+        raise DatasetError(
+            f"{str(path_or_name)!r} is no local file or folder, and loading it as a Hugging Face dataset "
+            f"failed ({type(exc).__name__}: {exc}). Check the path, or the Hub id and your network/HF cache."
+        ) from exc
+    return _load_hf_object(ds, mapping, name=name or str(path_or_name), origin=str(path_or_name), **common)
 
 
 def _load_hf_object(
@@ -586,6 +578,7 @@ def _load_hf_object(
     name: str | None,
     label_names: Sequence[str] | None,
     hf_split: str,
+    kind: str | None = None,
     origin: str | None = None,
     found: DatasetCard | None = None,
 ) -> ContrastDataset:
@@ -607,10 +600,11 @@ def _load_hf_object(
         name=name,
         label_names=label_names,
         default_name=info_name or "hf-dataset",
+        kind=kind,
         hf_label_names=_hf_label_names(ds, mapping.columns["label"]),
     )
-    rows, _ = _hf_rows(ds, origin)
-    examples = _parse_rows(rows, origin, mapping, dcard.label_names, check_typos=False)
+    rows = [(f"{origin}, row index {i}", row) for i, row in enumerate(ds)]
+    examples = _parse_rows(rows, origin, mapping, dcard.label_names, check_typos=False, kind=dcard.kind)
     return ContrastDataset(examples, dcard, origin)
 
 
