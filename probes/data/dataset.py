@@ -132,7 +132,8 @@ class ContrastDataset:
 
     # -- identity ----------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """sha256 hex of a canonical JSON of all rows (order-sensitive) and the label names."""
+        """sha256 hex of a canonical JSON of every field of every row (``meta`` included; order-sensitive)
+        and the label names. The card's prose and ``source`` are not part of it."""
         h = hashlib.sha256()
         h.update(json.dumps({"label_names": list(self.label_names)}, sort_keys=True).encode())
         for ex in self.examples:

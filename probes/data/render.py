@@ -29,7 +29,8 @@ Encoding
       token and its offsets are not empty. Leading whitespace inside a token (SentencePiece ``"▁word"``,
       byte-level ``"Ġword"``) does not count: a token joins a span by the characters it actually spells, so a
       span ending in a space does not pull in the next word, and a span starting at a word covers the
-      ``"▁word"`` token.
+      ``"▁word"`` token. A token that straddles content and template markup (possible only where the markup
+      is not a special token of the tokenizer) is included: it carries content.
     - **Truncation policy**: with ``max_length`` the left part is kept (the tokenizer's right truncation,
       special tokens included in the count). If a row's target loses all its tokens, a
       :class:`~probes.errors.DatasetError` names the row id and suggests a larger ``max_length``; a target
@@ -304,6 +305,8 @@ def _mask(
     special_ids: frozenset[int],
     spans: Sequence[Span],
 ) -> list[bool]:
+    """Which tokens belong to the target spans. A plain loop: measured faster than numpy here, whose
+    per-row overhead dominates on rows of a few hundred tokens."""
     mask: list[bool] = []
     for (start, end), sp, tok in zip(offsets, special, ids, strict=True):
         if sp or tok in special_ids or start >= end:
