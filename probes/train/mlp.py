@@ -1,0 +1,207 @@
+"""A one-hidden-layer MLP probe (torch), early-stopped on a held-out validation split."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from probes.errors import BundleError
+from probes.train._validate import check_groups, check_labels, check_matrix, check_n_features, holdout_split
+from probes.train.base import ArrayLike, Probe, register_probe
+
+_STATE = ("hidden_weight", "hidden_bias", "out_weight", "out_bias", "mean", "scale")
+
+
+def check_training_params(
+    who: str, lr: float, max_epochs: int, batch_size: int, val_fraction: float, patience: int
+) -> None:
+    if not float(lr) > 0:
+        raise ValueError(f"{who}: lr must be > 0; got {lr}.")
+    if int(max_epochs) < 1 or int(batch_size) < 1 or int(patience) < 1:
+        raise ValueError(
+            f"{who}: max_epochs, batch_size and patience must be >= 1; got {max_epochs}, {batch_size}, {patience}."
+        )
+    if not 0.0 <= float(val_fraction) < 1.0:
+        raise ValueError(f"{who}: val_fraction must be in [0, 1); got {val_fraction}.")
+
+
+class EarlyStopping:
+    """Keeps the parameters of the epoch with the lowest validation loss; says when to stop."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience, self.best, self.best_epoch, self.bad, self.state = patience, float("inf"), -1, 0, None
+
+    def step(self, epoch: int, val_loss: float, params: dict[str, torch.Tensor]) -> bool:
+        """Record one epoch; return True when training should stop."""
+        if self.state is None or val_loss < self.best - 1e-6 * max(1.0, abs(self.best)):
+            self.best, self.best_epoch, self.bad = val_loss, epoch, 0
+            self.state = {k: v.detach().clone() for k, v in params.items()}
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
+
+
+@register_probe
+class MLPProbe(Probe):
+    """``Linear(d, hidden) -> ReLU -> Linear(hidden, 1)`` on standardised inputs, trained with BCE.
+
+    AdamW on mini-batches; a seeded validation split (grouped when ``fit`` gets ``groups``) picks the
+    epoch with the lowest validation loss and stops after ``patience`` epochs without improvement.
+    Seeded: the same data and ``seed`` give the same probe on the same device.
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self,
+        hidden: int = 256,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        max_epochs: int = 200,
+        batch_size: int = 256,
+        val_fraction: float = 0.2,
+        patience: int = 10,
+        seed: int = 0,
+        device: str = "cpu",
+        standardize: bool = True,
+    ) -> None:
+        self.hidden = hidden
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.seed = seed
+        self.device = device
+        self.standardize = standardize
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "hidden": self.hidden,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "max_epochs": self.max_epochs,
+            "batch_size": self.batch_size,
+            "val_fraction": self.val_fraction,
+            "patience": self.patience,
+            "seed": self.seed,
+            "device": self.device,
+            "standardize": self.standardize,
+        }
+
+    def fit(self, X: ArrayLike, y: ArrayLike, groups: Any = None) -> MLPProbe:
+        who = "MLPProbe.fit"
+        if int(self.hidden) < 1:
+            raise ValueError(f"{who}: hidden must be >= 1; got {self.hidden}.")
+        check_training_params(
+            who, self.lr, self.max_epochs, self.batch_size, self.val_fraction, self.patience
+        )
+        Xt = check_matrix(X, who)
+        y_np = check_labels(y, Xt.shape[0], who)
+        g = check_groups(groups, Xt.shape[0], who)
+        tr, va = holdout_split(y_np, g, float(self.val_fraction), int(self.seed))
+        dev = torch.device(self.device)
+        X_all = Xt.to(dev, torch.float32)
+        Xtr = X_all[torch.as_tensor(tr, device=dev)]
+        if self.standardize:
+            mean = Xtr.double().mean(0)
+            std = Xtr.double().std(0, correction=0)
+            std = torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
+        else:
+            mean = torch.zeros(Xt.shape[1], dtype=torch.float64, device=dev)
+            std = torch.ones(Xt.shape[1], dtype=torch.float64, device=dev)
+        m32, s32 = mean.float(), std.float()
+        Xtr = (Xtr - m32) / s32
+        Xva = (X_all[torch.as_tensor(va, device=dev)] - m32) / s32
+        ytr = torch.as_tensor(y_np[tr], dtype=torch.float32, device=dev)
+        yva = torch.as_tensor(y_np[va], dtype=torch.float32, device=dev)
+
+        # Initialise on the CPU under a private RNG: the user's global RNG state is left untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.seed))
+            net = torch.nn.Sequential(
+                torch.nn.Linear(Xt.shape[1], int(self.hidden)),
+                torch.nn.ReLU(),
+                torch.nn.Linear(int(self.hidden), 1),
+            )
+        net = net.to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        gen = torch.Generator().manual_seed(int(self.seed))
+        stopper = EarlyStopping(int(self.patience))
+        bs = int(self.batch_size)
+        epoch = 0
+        for epoch in range(int(self.max_epochs)):
+            net.train()
+            for idx in torch.randperm(len(tr), generator=gen).split(bs):
+                idx = idx.to(dev)
+                opt.zero_grad(set_to_none=True)
+                loss_fn(net(Xtr[idx]).squeeze(-1), ytr[idx]).backward()
+                opt.step()
+            if len(va):
+                net.eval()
+                with torch.no_grad():
+                    val_loss = float(loss_fn(net(Xva).squeeze(-1), yva))
+                if stopper.step(epoch, val_loss, dict(net.named_parameters())):
+                    break
+        params = (
+            stopper.state if stopper.state is not None else {k: v.detach() for k, v in net.named_parameters()}
+        )
+        params = copy.copy(params)
+        # Fold the standardiser into the first layer so scoring reads raw activations.
+        W1 = params["0.weight"].double() / std[None, :]
+        b1 = params["0.bias"].double() - W1 @ mean
+        self.hidden_weight_ = W1.float().cpu()
+        self.hidden_bias_ = b1.float().cpu()
+        self.out_weight_ = params["2.weight"].reshape(-1).float().cpu()
+        self.out_bias_ = params["2.bias"].reshape(1).float().cpu()
+        self.mean_, self.scale_ = mean.float().cpu(), std.float().cpu()
+        self.n_epochs_ = epoch + 1
+        self.best_epoch_ = stopper.best_epoch + 1 if stopper.state is not None else epoch + 1
+        self.val_loss_ = stopper.best if stopper.state is not None else float("nan")
+        self.n_features_in_ = int(Xt.shape[1])
+        self.__dict__.pop("_device_cache", None)
+        return self
+
+    def _weights_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        cache: dict[str, tuple[torch.Tensor, ...]] = self.__dict__.setdefault("_device_cache", {})
+        key = str(device)
+        if key not in cache:
+            cache[key] = tuple(
+                t.to(device)
+                for t in (self.hidden_weight_, self.hidden_bias_, self.out_weight_, self.out_bias_)
+            )
+        return cache[key]
+
+    def score_torch(self, X: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        self._check_fitted()
+        if not isinstance(X, torch.Tensor) or X.ndim != 2:
+            raise ValueError("MLPProbe.score_torch takes a 2-D torch tensor (n, d).")
+        check_n_features(int(X.shape[1]), int(self.n_features_in_), "MLPProbe")
+        W1, b1, w2, b2 = self._weights_on(X.device)
+        h = torch.relu(torch.addmm(b1, X.to(torch.float32), W1.T))
+        return h @ w2 + b2
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        self._check_fitted()
+        return {k: getattr(self, f"{k}_").detach().cpu().contiguous() for k in _STATE}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> MLPProbe:
+        missing = [k for k in _STATE if k not in tensors]
+        if missing:
+            raise BundleError(f"MLPProbe state is missing tensors {missing}; the file is incomplete.")
+        W1 = tensors["hidden_weight"]
+        if (
+            W1.ndim != 2
+            or tensors["out_weight"].shape != (W1.shape[0],)
+            or tensors["hidden_bias"].shape != (W1.shape[0],)
+        ):
+            raise BundleError("MLPProbe state has inconsistent layer shapes.")
+        for k in _STATE:
+            setattr(self, f"{k}_", tensors[k].to(torch.float32))
+        self.n_features_in_ = int(W1.shape[1])
+        self.__dict__.pop("_device_cache", None)
+        return self
