@@ -1,0 +1,592 @@
+"""Streaming monitors: score every token a model reads or writes, smooth per row, stop the rows that fire.
+
+How it sits in a forward pass (``Monitor.attach`` registers, and always removes, three kinds of hooks):
+
+1. a forward *pre*-hook on the model reads ``input_ids`` / ``attention_mask`` / the KV cache length, to
+   know which positions are new in this call (all of them in the prefill, the newest one per decoding
+   step) and which are left padding;
+2. one hook per needed site (``residual_hook``) scores only those new positions: every linear probe of
+   that site in one fused ``addmm`` (their ``linear_form()`` stacked into a ``(d, P)`` matrix), nonlinear
+   probes with ``score_torch``; everything stays on the model's device;
+3. a forward hook on the model updates the per-row smoothing state (EMA / rolling mean), the patience
+   counters and the per-row ``fired`` flags, and appends the step to the trace - all with tensor ops, no
+   host synchronisation.
+
+A token's score exists once the model has *read* it, one forward after it was sampled. ``model.generate``
+runs its stopping criteria right after sampling the next token, so with ``action="stop"`` a stopped row
+ends with the token that fired followed by the one token sampled in the same step (never scored); the
+hand-written loop :meth:`Monitor.stream` has no such lag and ends exactly at the firing token.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from probes.models.sites import num_layers, parse_site, residual_hook
+from probes.monitor.trace import Trace, _Step
+from probes.package.bundle import BundleEntry, ProbeBundle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import StoppingCriteriaList
+
+Smoothing = Literal["ema", "rolling", "none"]
+
+
+@dataclass(frozen=True)
+class FireEvent:
+    """What a callable ``action`` receives when a row fires (once per row and generation)."""
+
+    row: int
+    position: int
+    probe: str
+    smoothed: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class StepScores:
+    """Scores of the newest position of every row: tensors on the model's device, probes in
+    ``Monitor.probe_names`` order."""
+
+    score: torch.Tensor  # (batch, probes) raw decision scores
+    smoothed: torch.Tensor  # (batch, probes)
+    firing: torch.Tensor  # (batch, probes) bool: smoothed above threshold for ``patience`` tokens
+    fired: torch.Tensor  # (batch,) bool: the row has fired at some point of this generation
+    position: int  # column index of the position in the sequence
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One generated token from :meth:`Monitor.stream`."""
+
+    token_id: int
+    text: str
+    score: dict[str, float]
+    smoothed: dict[str, float]
+    fired: bool  # this token made the row fire (the stream ends after it when action="stop")
+
+
+@dataclass
+class _Group:
+    """The probes read at one site: linear ones fused into one ``(d, P)`` matmul."""
+
+    site: str
+    linear: list[int]
+    nonlinear: list[int]
+    weight: torch.Tensor | None = None  # (d, P_linear)
+    bias: torch.Tensor | None = None  # (P_linear,)
+
+
+@dataclass
+class _Context:
+    """What the pre-hook learned about the current forward call."""
+
+    start: int  # column index of the first new position
+    n_new: int
+    ids: torch.Tensor | None  # (B, n_new)
+    valid: torch.Tensor  # (B, n_new) bool: False on left padding
+    is_prompt: bool
+    score: bool
+    parts: list[torch.Tensor | None]
+
+
+class Monitor:
+    """Run the probes of a :class:`~probes.package.ProbeBundle` on every token while a model generates.
+
+    Parameters
+    ----------
+    smoothing, alpha, window:
+        ``"ema"`` (``s_t = alpha * x_t + (1 - alpha) * s_{t-1}``, ``s_0 = x_0``), ``"rolling"`` (mean of
+        the last ``window`` scores) or ``"none"``, per row and probe - the same maths as
+        :mod:`probes.train.aggregate`.
+    patience:
+        consecutive tokens whose smoothed score must exceed the threshold before the row fires.
+    threshold, target_fpr:
+        a float (every probe) or ``{probe: float}``; or pick the bundle's threshold calibrated for
+        ``target_fpr``; by default each probe's first stored threshold.
+    action:
+        ``"stop"`` (rows that fire end via :meth:`stopping_criteria`), ``"flag"`` (trace only) or a
+        callable ``f(FireEvent) -> bool | None`` called when a row fires - return True to stop the row.
+        A callable costs one host sync per step (it must know on the host that a row fired).
+    on_error:
+        ``"stop"``: an error inside the monitor propagates and aborts generation (fail closed);
+        ``"continue"``: it is warned about, recorded in ``monitor.errors`` and the monitor stops scoring
+        until the next generation (fail open).
+    score_prompt:
+        also score (and possibly fire on) the prompt tokens, so the monitor screens inputs too; left
+        padding is never scored.
+    check_fingerprint:
+        refuse to attach to a model whose fingerprint differs from the bundle's.
+    """
+
+    def __init__(
+        self,
+        bundle: ProbeBundle,
+        *,
+        smoothing: Smoothing = "ema",
+        alpha: float = 0.3,
+        window: int = 8,
+        patience: int = 1,
+        threshold: float | Mapping[str, float] | None = None,
+        target_fpr: float | None = None,
+        action: Literal["stop", "flag"] | Callable[[FireEvent], bool | None] = "stop",
+        on_error: Literal["stop", "continue"] = "stop",
+        score_prompt: bool = False,
+        check_fingerprint: bool = True,
+        probes: list[str] | None = None,
+    ) -> None:
+        if not isinstance(bundle, ProbeBundle):
+            raise TypeError(
+                f"Monitor needs a ProbeBundle, got {type(bundle).__name__}; see ProbeBundle.from_probe."
+            )
+        if smoothing not in ("ema", "rolling", "none"):
+            raise ValueError(f"smoothing must be 'ema', 'rolling' or 'none', got {smoothing!r}.")
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}.")
+        if int(window) < 1 or int(patience) < 1:
+            raise ValueError("window and patience must be >= 1.")
+        if not (action in ("stop", "flag") or callable(action)):
+            raise ValueError(f"action must be 'stop', 'flag' or a callable, got {action!r}.")
+        if on_error not in ("stop", "continue"):
+            raise ValueError(f"on_error must be 'stop' or 'continue', got {on_error!r}.")
+        if threshold is not None and target_fpr is not None:
+            raise ValueError("Pass threshold= or target_fpr=, not both.")
+        self.bundle = bundle
+        self.smoothing = smoothing
+        self.alpha = float(alpha)
+        self.window = int(window)
+        self.patience = int(patience)
+        self.action = action
+        self.on_error = on_error
+        self.score_prompt = bool(score_prompt)
+        self.check_fingerprint = bool(check_fingerprint)
+        self.errors: list[BaseException] = []
+
+        selected = list(bundle) if probes is None else [bundle[name] for name in probes]
+        if not selected:
+            raise ValueError("The bundle has no probes to monitor.")
+        # Probes grouped by site; a probe's index is its column in every (batch, probes) tensor.
+        by_site: dict[str, list[BundleEntry]] = {}
+        for entry in selected:
+            by_site.setdefault(entry.site, []).append(entry)
+        self._entries: list[BundleEntry] = []
+        self._groups: list[_Group] = []
+        for site, entries in by_site.items():
+            linear = [e for e in entries if e.score_form() is not None]
+            nonlinear = [e for e in entries if e.score_form() is None]
+            for e in nonlinear:
+                if getattr(e.probe, "token_level", False):
+                    raise ValueError(
+                        f"Probe {e.name!r} ({e.probe.kind}) reads whole sequences and has no per-token "
+                        "linear form, so it cannot be streamed; monitor a linear or per-position probe."
+                    )
+            first = len(self._entries)
+            self._entries.extend(linear + nonlinear)
+            self._groups.append(
+                _Group(
+                    site,
+                    list(range(first, first + len(linear))),
+                    list(range(first + len(linear), first + len(linear) + len(nonlinear))),
+                )
+            )
+        self.probe_names: list[str] = [e.name for e in self._entries]
+        self.thresholds: list[float] = [
+            self._resolve_threshold(e, threshold, target_fpr) for e in self._entries
+        ]
+
+        self._attached: nn.Module | None = None
+        self._tokenizer: Any = None
+        self._device: torch.device | None = None
+        self._ctx: _Context | None = None
+        self._trace: Trace | None = None
+        self._last_input_ids: torch.Tensor | None = None
+        self._eos: list[int] = []
+        self._disabled = False
+        self._batch = 0
+        self._total = 0
+
+    # --- configuration ---------------------------------------------------------------------------
+    def _resolve_threshold(
+        self, entry: BundleEntry, threshold: float | Mapping[str, float] | None, target_fpr: float | None
+    ) -> float:
+        if isinstance(threshold, Mapping):
+            unknown = set(threshold) - {e.name for e in self.bundle}
+            if unknown:
+                raise ValueError(
+                    f"threshold names unknown probes {sorted(unknown)}; bundle has {self.bundle.names}."
+                )
+            if entry.name in threshold:
+                return float(threshold[entry.name])
+        elif threshold is not None:
+            return float(threshold)
+        found = entry.threshold_for(target_fpr)
+        if found is not None:
+            return float(found.value)
+        if self.action == "flag":
+            return math.inf  # score and trace only; nothing can fire
+        raise ValueError(
+            f"Probe {entry.name!r} has no threshold in the bundle: pass threshold= (a float or "
+            "{probe: float}) or target_fpr= for a calibrated one, or use action='flag' to only score."
+        )
+
+    # --- attaching -------------------------------------------------------------------------------
+    @contextmanager
+    def attach(
+        self, model: nn.Module, *, tokenizer: Any = None, layers_attr: str | None = None
+    ) -> Iterator[Monitor]:
+        """Hook ``model`` for the duration of the ``with`` block; the hooks are removed whatever happens."""
+        if self._attached is not None:
+            raise RuntimeError(
+                "This Monitor is already attached to a model; detach it (leave the with block) first."
+            )
+        if self.check_fingerprint:
+            self.bundle.check_model(model, layers_attr)
+        n_layers = num_layers(model, layers_attr)
+        param = next(model.parameters(), None)
+        self._device = param.device if param is not None else torch.device("cpu")
+        self._prepare_weights(self._device)
+        self._tokenizer = tokenizer
+        gen_config = getattr(model, "generation_config", None)
+        eos = getattr(gen_config, "eos_token_id", None)
+        if eos is None:
+            eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+        self._eos = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+        self._ctx, self._trace, self._last_input_ids, self._disabled = None, None, None, False
+        self.errors = []
+        self._attached = model
+        try:
+            with ExitStack() as stack:
+                pre = model.register_forward_pre_hook(self._on_forward_start, with_kwargs=True)
+                stack.callback(pre.remove)
+                for gi, group in enumerate(self._groups):
+                    site = parse_site(group.site, n_layers)
+                    stack.enter_context(
+                        residual_hook(model, site, self._site_hook(gi), layers_attr=layers_attr)
+                    )
+                post = model.register_forward_hook(self._on_forward_end)
+                stack.callback(post.remove)
+                yield self
+        finally:
+            self._attached = None
+            self._ctx = None
+
+    def _prepare_weights(self, device: torch.device) -> None:
+        for group in self._groups:
+            if group.linear:
+                forms = [self._entries[i].score_form() for i in group.linear]
+                group.weight = torch.stack([w for w, _ in forms], dim=1).to(device)  # type: ignore[misc]
+                group.bias = torch.stack([b for _, b in forms]).to(device)  # type: ignore[misc]
+            for i in group.nonlinear:
+                _move_probe(self._entries[i], device)
+        self._threshold_t = torch.tensor(self.thresholds, dtype=torch.float32, device=device)
+
+    # --- hooks (the hot path: tensor ops only, no host sync) ---------------------------------------
+    def _on_forward_start(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
+        ids = args[0] if args and isinstance(args[0], torch.Tensor) else kwargs.get("input_ids")
+        embeds = kwargs.get("inputs_embeds")
+        shape = ids.shape if ids is not None else (embeds.shape[:2] if embeds is not None else None)
+        if shape is None:
+            self._ctx = None
+            return
+        batch, seq = int(shape[0]), int(shape[1])
+        cache = kwargs.get("past_key_values")
+        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if past == 0 and kwargs.get("use_cache") is False and self._batch == batch and 0 < self._total < seq:
+            # generate(use_cache=False) re-feeds the whole sequence: only the tail is new.
+            past = self._total
+        new_sequence = past == 0
+        if new_sequence:
+            self._reset(batch)
+        n_new = seq - past if seq > past else seq
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.ndim == 2:
+            valid = mask[:, -n_new:].bool()
+        else:
+            valid = torch.ones(batch, n_new, dtype=torch.bool, device=self._device)
+        self._ctx = _Context(
+            start=self._total if not new_sequence else 0,
+            n_new=n_new,
+            ids=ids[:, -n_new:] if ids is not None else None,
+            valid=valid,
+            is_prompt=new_sequence,
+            score=(self.score_prompt or not new_sequence) and not self._disabled,
+            parts=[None] * len(self._groups),
+        )
+        self._total = past + n_new
+
+    def _site_hook(self, gi: int) -> Callable[[torch.Tensor], None]:
+        group = self._groups[gi]
+
+        def hook(hidden: torch.Tensor) -> None:
+            ctx = self._ctx
+            if ctx is None or not ctx.score:
+                return
+            try:
+                h = hidden[:, -ctx.n_new :].reshape(-1, hidden.shape[-1]).float()
+                cols = []
+                if group.weight is not None:
+                    cols.append(torch.addmm(group.bias, h, group.weight))
+                for i in group.nonlinear:
+                    cols.append(self._entries[i].score(h).float().reshape(-1, 1))
+                out = cols[0] if len(cols) == 1 else torch.cat(cols, dim=1)
+                ctx.parts[gi] = out.reshape(hidden.shape[0], ctx.n_new, -1)
+            except Exception as exc:  # noqa: BLE001 - routed by on_error
+                self._fail(exc)
+
+        return hook
+
+    def _on_forward_end(self, _module: nn.Module, _args: tuple, _output: Any) -> None:
+        ctx = self._ctx
+        self._ctx = None
+        if ctx is None or self._trace is None:
+            return
+        try:
+            if not ctx.score or any(p is None for p in ctx.parts):
+                self._trace._append(_Step(ctx.start, ctx.ids, ctx.valid, None, None, None, ctx.is_prompt))
+                return
+            raw = ctx.parts[0] if len(ctx.parts) == 1 else torch.cat(ctx.parts, dim=-1)  # type: ignore[arg-type]
+            smoothed, firing = [], []
+            for t in range(ctx.n_new):  # one iteration per decoding step; the prompt only in the prefill
+                s, f = self._update(raw[:, t], ctx.valid[:, t], ctx.start + t)
+                smoothed.append(s)
+                firing.append(f)
+            sm = smoothed[0][:, None] if ctx.n_new == 1 else torch.stack(smoothed, 1)
+            fi = firing[0][:, None] if ctx.n_new == 1 else torch.stack(firing, 1)
+            self._trace._append(_Step(ctx.start, ctx.ids, ctx.valid, raw, sm, fi, ctx.is_prompt))
+            if callable(self.action):
+                self._dispatch_callbacks()
+        except Exception as exc:  # noqa: BLE001 - routed by on_error
+            self._fail(exc)
+
+    def _reset(self, batch: int) -> None:
+        dev, p = self._device, len(self._entries)
+        self._batch, self._total = batch, 0
+        self._disabled = False
+        self._smoothed = torch.zeros(batch, p, device=dev)
+        self._seen = torch.zeros(batch, 1, dtype=torch.bool, device=dev)
+        self._count = torch.zeros(batch, 1, device=dev)
+        self._buffer = torch.zeros(batch, p, self.window, device=dev) if self.smoothing == "rolling" else None
+        self._run = torch.zeros(batch, p, dtype=torch.long, device=dev)
+        self._fired = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self._fire_position = torch.full((batch,), -1, dtype=torch.long, device=dev)
+        self._fire_probe = torch.full((batch,), -1, dtype=torch.long, device=dev)
+        self._stop = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self._callback_seen = torch.zeros(batch, dtype=torch.bool, device=dev)
+        self._latest: StepScores | None = None
+        self._trace = Trace(
+            probe_names=list(self.probe_names),
+            thresholds=list(self.thresholds),
+            batch=batch,
+            tokenizer=self._tokenizer,
+            eos_ids=list(self._eos),
+            stop_rows=self.action == "stop",
+        )
+
+    def _update(
+        self, x: torch.Tensor, valid: torch.Tensor, position: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance every row's state by one position; rows where ``valid`` is False are left untouched."""
+        v = valid[:, None]
+        if self.smoothing == "ema":
+            new = torch.where(self._seen, self.alpha * x + (1.0 - self.alpha) * self._smoothed, x)
+        elif self.smoothing == "rolling":
+            assert self._buffer is not None
+            shifted = torch.cat([self._buffer[..., 1:], x[..., None]], dim=-1)
+            self._buffer = torch.where(v[..., None], shifted, self._buffer)
+            n = (self._count + 1).clamp(max=self.window)
+            new = self._buffer.sum(-1) / n
+        else:
+            new = x
+        self._smoothed = torch.where(v, new, self._smoothed)
+        self._seen = self._seen | v
+        self._count = self._count + v
+        above = self._smoothed > self._threshold_t
+        self._run = torch.where(v, torch.where(above, self._run + 1, 0), self._run)
+        firing = (self._run >= self.patience) & v
+        any_firing = firing.any(dim=1)
+        newly = any_firing & ~self._fired
+        self._fire_position = torch.where(newly, position, self._fire_position)
+        self._fire_probe = torch.where(newly, firing.long().argmax(dim=1), self._fire_probe)
+        self._fired = self._fired | any_firing
+        if self.action == "stop":
+            self._stop = self._fired
+        self._latest = StepScores(x, self._smoothed, firing, self._fired, position)
+        return self._smoothed, firing
+
+    def _dispatch_callbacks(self) -> None:
+        newly = self._fired & ~self._callback_seen
+        if not bool(newly.any()):  # the one host sync a callable action costs
+            return
+        self._callback_seen = self._callback_seen | newly
+        assert callable(self.action)
+        for row in newly.nonzero().flatten().tolist():
+            probe = int(self._fire_probe[row])
+            event = FireEvent(
+                row=row,
+                position=int(self._fire_position[row]),
+                probe=self.probe_names[probe],
+                smoothed=float(self._smoothed[row, probe]),
+                threshold=self.thresholds[probe],
+            )
+            if self.action(event):
+                self._stop = self._stop.clone()
+                self._stop[row] = True
+                if self._trace is not None:
+                    self._trace._stopped_rows.add(row)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.on_error == "stop":
+            raise exc
+        self.errors.append(exc)
+        self._disabled = True
+        if self._ctx is not None:
+            self._ctx.score = False
+        warnings.warn(
+            f"Monitor error ({type(exc).__name__}: {exc}); on_error='continue' so generation goes on "
+            "unmonitored until the next prompt. Use on_error='stop' to fail closed.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    # --- reading ---------------------------------------------------------------------------------
+    @property
+    def trace(self) -> Trace:
+        """The trace of the most recent generation (built from device tensors only when read)."""
+        if self._trace is None:
+            raise RuntimeError("Nothing traced yet: run the model with the monitor attached first.")
+        if self._last_input_ids is not None and self._last_input_ids.shape[0] == self._trace.batch:
+            self._trace._sequences = self._last_input_ids
+        return self._trace
+
+    def latest(self) -> StepScores | None:
+        """Scores of the newest scored position (for hand-written decoding loops), or None."""
+        return getattr(self, "_latest", None) if self._trace is not None else None
+
+    @property
+    def fired(self) -> torch.Tensor:
+        """``(batch,)`` bool: which rows have fired in the current generation."""
+        if self._trace is None:
+            raise RuntimeError("Nothing scored yet.")
+        return self._fired
+
+    def stopping_criteria(self) -> StoppingCriteriaList:
+        """Criteria for ``model.generate(stopping_criteria=...)``: True for the rows to stop, one per row."""
+        from transformers import StoppingCriteriaList
+
+        return StoppingCriteriaList([_criterion_class()(self)])
+
+    # --- hand-written decoding loop --------------------------------------------------------------
+    def stream(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        prompt: str | None = None,
+        *,
+        input_ids: torch.Tensor | None = None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Generate one sequence token by token with a KV cache, yielding each token with its scores.
+
+        The stream ends at the end-of-sequence token, after ``max_new_tokens``, or - with
+        ``action="stop"`` - right after the token that fired (that token is yielded with ``fired=True``).
+        Attaches the monitor to ``model`` for the duration unless it is already attached to it. When
+        ``score_prompt=True`` and the prompt itself fires, nothing is generated (``monitor.fired``).
+        """
+        if input_ids is None:
+            if prompt is None:
+                raise ValueError("Pass prompt= or input_ids=.")
+            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None]
+        if input_ids.shape[0] != 1:
+            raise ValueError(
+                "stream() generates one sequence; use model.generate with stopping_criteria for batches."
+            )
+        device = next(model.parameters()).device
+        input_ids = input_ids.to(device)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=device).manual_seed(int(seed))
+        ctx = self.attach(model, tokenizer=tokenizer) if self._attached is not model else _null()
+        with ctx, torch.inference_mode():
+            out = model(input_ids=input_ids, use_cache=True)
+            if self.action == "stop" and self.score_prompt and bool(self._stop[0]):
+                return
+            ids = input_ids[0].tolist()
+            for _ in range(max_new_tokens):
+                logits = out.logits[:, -1].float()
+                if do_sample:
+                    logits = logits / max(temperature, 1e-6)
+                    if top_k is not None:
+                        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+                else:
+                    token = logits.argmax(-1, keepdim=True)
+                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                self._last_input_ids = None
+                token_id = int(token)
+                before = tokenizer.decode(ids, skip_special_tokens=True)
+                ids.append(token_id)
+                text = tokenizer.decode(ids, skip_special_tokens=True)[len(before) :]
+                latest = self._latest
+                fired_now = bool(latest.fired[0]) and int(self._fire_position[0]) == latest.position
+                yield StreamEvent(
+                    token_id=token_id,
+                    text=text,
+                    score=dict(zip(self.probe_names, latest.score[0].tolist(), strict=True)),
+                    smoothed=dict(zip(self.probe_names, latest.smoothed[0].tolist(), strict=True)),
+                    fired=fired_now,
+                )
+                if bool(self._stop[0]) or token_id in self._eos:
+                    return
+
+
+class _MonitorCriterion:
+    """A ``transformers`` stopping criterion: one bool per row, True where the monitor stopped the row."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        m = self.monitor
+        m._last_input_ids = input_ids  # a reference: the trace reads tokens from it later
+        stop = getattr(m, "_stop", None)
+        if m._trace is None or stop is None or stop.shape[0] != input_ids.shape[0]:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return stop.to(input_ids.device)
+
+    def __deepcopy__(self, memo: dict) -> _MonitorCriterion:
+        # Older transformers deep-copy the criteria list; the criterion must keep pointing at the live monitor.
+        return self
+
+
+# Registered as a real StoppingCriteria subclass lazily, so importing probes.monitor stays light.
+def _criterion_class() -> type:
+    from transformers import StoppingCriteria
+
+    return type("MonitorStoppingCriteria", (_MonitorCriterion, StoppingCriteria), {})
+
+
+def _null() -> ExitStack:
+    return ExitStack()
+
+
+def _move_probe(entry: BundleEntry, device: torch.device) -> None:
+    # Nonlinear probes keep torch modules or tensors as attributes; move whatever has a .to().
+    probe = entry.probe
+    to = getattr(probe, "to", None)
+    if callable(to):
+        to(device)

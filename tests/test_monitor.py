@@ -1,0 +1,392 @@
+"""Monitor correctness on tiny random models: streamed scores, exact stops, per-row state, hook hygiene."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from conftest import build_tiny_model
+
+from probes.errors import FingerprintMismatchError
+from probes.models.sites import num_layers, parse_site, residual_hook
+from probes.monitor import FireEvent, Monitor
+from probes.package import ProbeBundle
+from probes.train.aggregate import ema, rolling_mean
+from probes.train.linear import DiffMeansProbe, LogisticProbe
+
+PROMPTS = ["Once upon a time there was a", "Tom saw a dog", "The sun"]
+NEW = 14
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def _capture(model, layer: int, **inputs) -> torch.Tensor:
+    out: list[torch.Tensor] = []
+    site = parse_site(layer, num_layers(model))
+    with torch.no_grad(), residual_hook(model, site, lambda h: out.append(h.detach())):
+        model(**inputs)
+    return out[0]
+
+
+def _fit_probe(model, layer: int, seed: int = 0) -> LogisticProbe:
+    """A real LogisticProbe on the model's own activations, labelled by a random direction."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 500, (16, 12), generator=g)
+    H = _capture(model, layer, input_ids=ids).reshape(-1, model.config.hidden_size)
+    y = (H @ torch.randn(H.shape[1], generator=g)).numpy()
+    return LogisticProbe(C=1.0).fit(H, (y > np.median(y)).astype(np.int64))
+
+
+class Tiny:
+    def __init__(self, arch: str) -> None:
+        self.model, self.tok = build_tiny_model(arch)
+        self.tok.padding_side = "left"
+        self.layer = 2
+        self.probe = _fit_probe(self.model, self.layer)
+        self.bundle = ProbeBundle.from_probe(self.probe, model=self.model, layer=self.layer, name="p")
+
+    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return dict(self.tok(prompts, return_tensors="pt", padding=True))
+
+    def generate(self, enc, monitor: Monitor | None = None, **kw) -> torch.Tensor:
+        kw = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, **kw}
+        with torch.no_grad():
+            if monitor is None:
+                return self.model.generate(**enc, **kw)
+            with monitor.attach(self.model, tokenizer=self.tok):
+                return self.model.generate(**enc, stopping_criteria=monitor.stopping_criteria(), **kw)
+
+    def reference(
+        self, sequences: torch.Tensor, prompt_mask: torch.Tensor, probe=None, layer=None
+    ) -> np.ndarray:
+        """(B, T) scores of one batched forward over the final text (positions as generate numbers them)."""
+        extra = torch.ones(
+            sequences.shape[0], sequences.shape[1] - prompt_mask.shape[1], dtype=prompt_mask.dtype
+        )
+        mask = torch.cat([prompt_mask, extra], dim=1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        h = _capture(
+            self.model, layer or self.layer, input_ids=sequences, attention_mask=mask, position_ids=pos
+        )
+        probe = probe or self.probe
+        return probe.score_torch(h.reshape(-1, h.shape[-1])).reshape(h.shape[:2]).numpy()
+
+
+@pytest.fixture(scope="module")
+def llama() -> Tiny:
+    return Tiny("llama")
+
+
+def _smooth(x: np.ndarray, how: str, alpha: float = 0.3, window: int = 8) -> np.ndarray:
+    t = torch.as_tensor(x, dtype=torch.float32)
+    offsets = torch.tensor([0, len(t)])
+    if how == "ema":
+        return ema(t, offsets, alpha).numpy()
+    if how == "rolling":
+        return rolling_mean(t, offsets, window).numpy()
+    return t.numpy()
+
+
+def _first_fire(smoothed: np.ndarray, thr: float, patience: int) -> int | None:
+    run = 0
+    for i, s in enumerate(smoothed):
+        run = run + 1 if s > thr else 0
+        if run >= patience:
+            return i
+    return None
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("prompts", [PROMPTS[:1], PROMPTS], ids=["batch1", "left-padded-batch3"])
+@pytest.mark.parametrize("score_prompt", [False, True])
+def test_streamed_scores_equal_one_batched_forward(arch: str, prompts: list[str], score_prompt: bool) -> None:
+    tiny = Tiny(arch) if arch != "llama" else _LLAMA()
+    enc = tiny.encode(prompts)
+    monitor = Monitor(tiny.bundle, action="flag", score_prompt=score_prompt)
+    out = tiny.generate(enc, monitor)
+    ref = tiny.reference(out, enc["attention_mask"])
+    df = monitor.trace.to_dataframe()
+    assert len(df) > 0
+    got = df["score"].to_numpy()
+    want = ref[df["row"].to_numpy(), df["position"].to_numpy()]
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    prompt_len = enc["input_ids"].shape[1]
+    for r in range(len(prompts)):
+        rows = df[df["row"] == r]
+        n_pad = int((enc["attention_mask"][r] == 0).sum())
+        first = n_pad if score_prompt else prompt_len
+        # Every real token the model read is scored exactly once; pads and the never-fed last token are not.
+        assert rows["position"].tolist() == list(range(first, out.shape[1] - 1))
+        assert (out[r, rows["position"].to_numpy()].numpy() == rows["token_id"].to_numpy()).all()
+        np.testing.assert_allclose(
+            rows["smoothed"], _smooth(ref[r, first : out.shape[1] - 1], "ema"), atol=1e-4
+        )
+
+
+_cache: dict[str, Tiny] = {}
+
+
+def _LLAMA() -> Tiny:  # noqa: N802 - module-level cache shared by parametrised tests
+    if "llama" not in _cache:
+        _cache["llama"] = Tiny("llama")
+    return _cache["llama"]
+
+
+@pytest.mark.parametrize(("smoothing", "patience"), [("ema", 1), ("ema", 3), ("rolling", 2), ("none", 1)])
+def test_generation_stops_exactly_where_the_smoothed_score_crosses(smoothing: str, patience: int) -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    plain = tiny.generate(enc)
+    prompt_len = enc["input_ids"].shape[1]
+    ref = tiny.reference(plain, enc["attention_mask"])[:, prompt_len:-1]
+    smoothed = np.stack([_smooth(r, smoothing, window=4) for r in ref])
+    thr = float(np.quantile(smoothed, 0.75))
+    expected = [_first_fire(s, thr, patience) for s in smoothed]
+    assert any(e is not None and e + 2 < NEW for e in expected), "test data should stop some row early"
+
+    monitor = Monitor(tiny.bundle, smoothing=smoothing, window=4, patience=patience, threshold=thr)
+    out = tiny.generate(enc, monitor)
+    pad = tiny.tok.pad_token_id
+    for r, e in enumerate(expected):
+        if e is None:
+            assert torch.equal(out[r], plain[r])
+            assert monitor.trace.fired_at[r] is None
+        else:
+            end = prompt_len + e + 1  # the firing token, then the one sampled in the same step
+            assert torch.equal(out[r, : end + 1], plain[r, : end + 1])
+            assert (out[r, end + 1 :] == pad).all()
+            assert monitor.trace.fired_at[r] == prompt_len + e
+            assert monitor.trace.rows[r].stopped
+
+
+def test_a_row_that_fires_does_not_change_the_other_rows() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    plain = tiny.generate(enc)
+    prompt_len = enc["input_ids"].shape[1]
+    ref = tiny.reference(plain, enc["attention_mask"])[:, prompt_len:-1]
+    peaks = np.sort([_smooth(r, "ema").max() for r in ref])
+    thr = float((peaks[-1] + peaks[-2]) / 2)  # exactly one row (the one with the highest peak) fires
+    monitor = Monitor(tiny.bundle, threshold=thr)
+    out = tiny.generate(enc, monitor)
+    fired = [r for r, f in enumerate(monitor.trace.fired_at) if f is not None]
+    assert len(fired) == 1
+    stopped = fired[0]
+    assert (out[stopped] == tiny.tok.pad_token_id).any(), "the firing row must have been cut short"
+    for r in range(len(PROMPTS)):
+        if r != stopped:
+            assert torch.equal(out[r], plain[r])
+    # ... and the same rows generated alone (no batch neighbour at all) agree too.
+    for r in range(len(PROMPTS)):
+        if r != stopped:
+            alone = tiny.generate(tiny.encode([PROMPTS[r]]))
+            n = alone.shape[1] - NEW
+            assert torch.equal(out[r, -NEW:], alone[0, n:])
+
+
+def test_hooks_are_removed_after_an_exception_inside_generation() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+
+    def explode(event: FireEvent) -> bool:
+        raise RuntimeError("alerting backend down")
+
+    monitor = Monitor(tiny.bundle, threshold=-1e9, action=explode)
+    with pytest.raises(RuntimeError, match="alerting backend down"):
+        tiny.generate(enc, monitor)
+    assert _no_hooks(tiny.model)
+
+    class Boom(Exception):
+        pass
+
+    def bad_criterion(input_ids, scores, **kwargs):
+        raise Boom
+
+    monitor = Monitor(tiny.bundle, threshold=0.0)
+    with pytest.raises(Boom), monitor.attach(tiny.model):
+        tiny.model.generate(
+            **enc, max_new_tokens=3, stopping_criteria=[*monitor.stopping_criteria(), bad_criterion]
+        )
+    assert _no_hooks(tiny.model)
+    # The monitor is reusable afterwards.
+    out = tiny.generate(enc, Monitor(tiny.bundle, action="flag"))
+    assert out.shape[1] == enc["input_ids"].shape[1] + NEW
+
+
+def test_on_error_continue_fails_open_and_stop_fails_closed() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS[:1])
+    plain = tiny.generate(enc)
+    # A probe trained on 7-dim features, bundled without a model fingerprint: scoring d=32 raises.
+    X = torch.randn(40, 7)
+    wrong = ProbeBundle.from_probe(
+        LogisticProbe().fit(X, (X[:, 0] > 0).long().numpy()), model=None, layer=2, name="w"
+    )
+    for on_error in ("stop", "continue"):
+        monitor = Monitor(wrong, threshold=0.0, on_error=on_error)
+        if on_error == "stop":
+            with pytest.raises(RuntimeError):
+                tiny.generate(enc, monitor)
+        else:
+            with pytest.warns(RuntimeWarning, match="on_error='continue'"):
+                out = tiny.generate(enc, monitor)
+            assert torch.equal(out, plain) and len(monitor.errors) == 1
+        assert _no_hooks(tiny.model)
+
+
+def test_fingerprint_mismatch_raises_and_can_be_opted_out() -> None:
+    tiny = _LLAMA()
+    other, _ = build_tiny_model("llama", seed=3)
+    monitor = Monitor(tiny.bundle, action="flag")
+    with (
+        pytest.raises(FingerprintMismatchError, match=r"weight_hash.*check_fingerprint=False"),
+        monitor.attach(other),
+    ):
+        pass
+    assert _no_hooks(other)
+    with Monitor(tiny.bundle, action="flag", check_fingerprint=False).attach(other):
+        other(input_ids=torch.tensor([[1, 5, 6]]))
+    assert _no_hooks(other)
+
+
+def test_flag_and_callable_actions() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    plain = tiny.generate(enc)
+    flag = Monitor(tiny.bundle, threshold=-1e9, action="flag")
+    assert torch.equal(tiny.generate(enc, flag), plain)  # flags everything, stops nothing
+    assert all(f is not None for f in flag.trace.fired_at)
+
+    events: list[FireEvent] = []
+    stop_row_1 = Monitor(tiny.bundle, threshold=-1e9, action=lambda e: events.append(e) or e.row == 1)
+    out = tiny.generate(enc, stop_row_1)
+    assert sorted(e.row for e in events) == [0, 1, 2]  # one event per row
+    assert all(e.probe == "p" and e.threshold == -1e9 for e in events)
+    assert torch.equal(out[0], plain[0]) and torch.equal(out[2], plain[2])
+    assert (out[1, -(NEW - 2) :] == tiny.tok.pad_token_id).all()
+
+
+def test_sampling_with_a_text_iterator_streamer() -> None:
+    from transformers import TextIteratorStreamer
+
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS[:1])
+    monitor = Monitor(tiny.bundle, action="flag")
+    streamer = TextIteratorStreamer(tiny.tok, skip_prompt=True, skip_special_tokens=True)
+    result: dict[str, torch.Tensor] = {}
+
+    def run() -> None:
+        torch.manual_seed(7)
+        result["out"] = tiny.generate(enc, monitor, do_sample=True, streamer=streamer)
+
+    with monitor.attach(tiny.model, tokenizer=tiny.tok):
+        pass  # attach/detach cycle before the threaded run must leave nothing behind
+    thread = threading.Thread(target=run)
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    out = result["out"]
+    prompt_len = enc["input_ids"].shape[1]
+    assert text == tiny.tok.decode(out[0, prompt_len:], skip_special_tokens=True)
+    df = monitor.trace.to_dataframe()
+    ref = tiny.reference(out, enc["attention_mask"])
+    np.testing.assert_allclose(df["score"], ref[0, df["position"].to_numpy()], atol=1e-4)
+    assert _no_hooks(tiny.model)
+
+
+def test_stream_helper_yields_scores_and_ends_at_the_firing_token() -> None:
+    tiny = _LLAMA()
+    prompt = PROMPTS[0]
+    flag = Monitor(tiny.bundle, action="flag")
+    events = list(flag.stream(tiny.model, tiny.tok, prompt, max_new_tokens=NEW))
+    assert len(events) == NEW and _no_hooks(tiny.model)
+    ids = tiny.tok(prompt, return_tensors="pt")["input_ids"]
+    full = torch.cat([ids, torch.tensor([[e.token_id for e in events]])], dim=1)
+    ref = tiny.reference(full, torch.ones_like(ids))[0, ids.shape[1] :]
+    np.testing.assert_allclose([e.score["p"] for e in events], ref, atol=1e-4)
+    # The greedy hand-written loop produces what generate produces.
+    assert [e.token_id for e in events] == tiny.generate(tiny.encode([prompt]))[0, ids.shape[1] :].tolist()
+
+    smoothed = _smooth(ref, "ema")
+    thr = float(np.quantile(smoothed, 0.6))
+    expected = _first_fire(smoothed, thr, 1)
+    stopper = Monitor(tiny.bundle, threshold=thr)
+    got = list(stopper.stream(tiny.model, tiny.tok, prompt, max_new_tokens=NEW))
+    assert len(got) == expected + 1  # no lag: the last token yielded is the one that fired
+    assert got[-1].fired and not any(e.fired for e in got[:-1])
+    assert got[-1].smoothed["p"] > thr
+    # Leaving the generator early still removes the hooks.
+    gen = flag.stream(tiny.model, tiny.tok, prompt, max_new_tokens=NEW)
+    next(gen)
+    gen.close()
+    assert _no_hooks(tiny.model)
+
+
+def test_several_probes_and_layers_in_one_bundle() -> None:
+    tiny = _LLAMA()
+    second = _fit_probe(tiny.model, 3, seed=1)
+    X = torch.randn(64, 32)
+    third = DiffMeansProbe().fit(X, (X[:, 0] > 0).long().numpy())
+    bundle = ProbeBundle.from_probe(tiny.probe, model=tiny.model, layer=2, name="a", threshold=1e9)
+    bundle.add(second, layer=3, name="b", threshold=1e9).add(third, layer=2, name="c", threshold=1e9)
+    enc = tiny.encode(PROMPTS)
+    monitor = Monitor(bundle)
+    out = tiny.generate(enc, monitor)
+    df = monitor.trace.to_dataframe()
+    assert set(df["probe"]) == {"a", "b", "c"}
+    for name, probe, layer in (("a", tiny.probe, 2), ("b", second, 3), ("c", third, 2)):
+        part = df[df["probe"] == name]
+        ref = tiny.reference(out, enc["attention_mask"], probe=probe, layer=layer)
+        np.testing.assert_allclose(part["score"], ref[part["row"], part["position"]], atol=1e-4)
+
+
+def test_generate_without_kv_cache_scores_only_new_tokens() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    monitor = Monitor(tiny.bundle, action="flag")
+    out = tiny.generate(enc, monitor, use_cache=False, max_new_tokens=5, min_new_tokens=5)
+    df = monitor.trace.to_dataframe()
+    ref = tiny.reference(out, enc["attention_mask"])
+    assert len(df) == len(PROMPTS) * 4
+    np.testing.assert_allclose(df["score"], ref[df["row"], df["position"]], atol=1e-4)
+
+
+def test_trace_views() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    plain = tiny.generate(enc)
+    ref = tiny.reference(plain, enc["attention_mask"])[:, enc["input_ids"].shape[1] : -1]
+    thr = float(np.quantile(_smooth(ref[0], "ema"), 0.5))
+    monitor = Monitor(tiny.bundle, threshold=thr)
+    tiny.generate(enc, monitor)
+    trace = monitor.trace
+    df = trace.to_dataframe()
+    assert {"row", "position", "token", "score", "smoothed", "fired", "probe"} <= set(df.columns)
+    assert df["token"].map(type).eq(str).all()
+    html = trace.to_html()
+    assert html.startswith("<!doctype html>") and "threshold" in html and "&#9940; stopped" in html
+    assert "<script" not in html and "http" not in html  # self-contained
+    row = trace.rows[1]  # a random model writes invalid UTF-8: compare the prompt part of the text
+    n = int(row.prompt.sum())
+    pieces = trace._token_strings(row.token_ids, tiny.tok)
+    assert "".join(pieces[:n]) == tiny.tok.decode(row.token_ids[:n].tolist())
+
+
+def test_monitor_argument_validation() -> None:
+    tiny = _LLAMA()
+    with pytest.raises(ValueError, match="no threshold"):
+        Monitor(tiny.bundle)  # action="stop" needs a threshold
+    with pytest.raises(ValueError, match="smoothing"):
+        Monitor(tiny.bundle, smoothing="median", threshold=0.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="target_fpr"):
+        Monitor(tiny.bundle, target_fpr=0.01)
+    calibrated = ProbeBundle.from_probe(
+        tiny.probe, model=tiny.model, layer=2, name="p", threshold=[{"value": 2.0, "target_fpr": 0.01}, 1.0]
+    )
+    assert Monitor(calibrated, target_fpr=0.01).thresholds == [2.0]
+    assert Monitor(calibrated).thresholds == [2.0]
+    assert Monitor(calibrated, threshold={"p": 0.5}).thresholds == [0.5]
