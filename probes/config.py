@@ -436,6 +436,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _shorthand_key(path: list[str]) -> str | None:
+    """The field a shorthand scalar stands for at ``path`` (``model`` -> name_or_path, datasets -> path)."""
+    if path == ["model"]:
+        return "name_or_path"
+    if path in (["data", "train"], ["data", "control"]) or (len(path) == 3 and path[:2] == ["data", "eval"]):
+        return "path"
+    return None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """A copy of ``raw`` with each ``a.b=c`` applied (intermediate mappings are created as needed)."""
     import copy
@@ -448,9 +457,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             child = node.get(key)
             if child is None:
                 child = node[key] = {}
-            elif isinstance(child, str) and depth == len(keys) - 2 and key != "layers":
-                # A dataset given as a bare path string, overridden field by field (data.train.limit=50).
-                child = node[key] = {"path": child}
+            elif isinstance(child, str | list) and _shorthand_key(keys[: depth + 1]) is not None:
+                # A section given in shorthand (`model: gpt2`, `train: datasets/x`), overridden field by field.
+                child = node[key] = {_shorthand_key(keys[: depth + 1]): child}
             if not isinstance(child, dict):
                 raise ConfigError(
                     f"--set {item!r}: {'.'.join(keys[: depth + 1])} is {child!r}, not a mapping, so it has no "

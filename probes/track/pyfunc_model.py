@@ -7,14 +7,12 @@ model object. ``load_context`` reads the bundle (safetensors + JSON) once; ``pre
     model.predict(features)   # (n, d) ndarray or DataFrame of pooled activations at the probe's site
 
 and returns a DataFrame with ``score`` (decision function: higher = more of the positive class),
-``probability`` (calibrated) and ``flagged`` (``score >= threshold``, the threshold calibrated on the
+``probability`` (calibrated) and ``flagged`` (``score > threshold``, the threshold calibrated on the
 control set for the run's first target FPR). ``model_config={"probe": name}`` picks a probe of a
 multi-probe bundle (default: the first).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
@@ -23,7 +21,9 @@ from mlflow.pyfunc import PythonModel
 class ProbeBundleModel(PythonModel):
     """Scores ``(n, d)`` activations with one probe of a :class:`probes.package.ProbeBundle`."""
 
-    def load_context(self, context: Any) -> None:
+    # No type hints on the two methods below: MLflow 3 would try to derive a schema from them; the run logs
+    # an explicit signature and input example instead.
+    def load_context(self, context):  # noqa: ANN001, ANN201
         from probes.package import ProbeBundle
 
         self.bundle = ProbeBundle.load(context.artifacts["bundle"])
@@ -32,7 +32,7 @@ class ProbeBundleModel(PythonModel):
         threshold = self.entry.threshold_for()
         self.threshold = None if threshold is None else float(threshold.value)
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         import numpy as np
         import pandas as pd
         import torch
@@ -53,7 +53,7 @@ class ProbeBundleModel(PythonModel):
             {"score": scores_np, "probability": probability.float().cpu().numpy().astype(np.float64)}
         )
         if self.threshold is not None:
-            out["flagged"] = scores_np >= self.threshold
+            out["flagged"] = scores_np > self.threshold
         return out
 
 

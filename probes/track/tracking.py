@@ -24,6 +24,7 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,18 +105,27 @@ def _http_defaults() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _tracking_uri(uri: str | None) -> Iterator[str]:
-    """Point the fluent MLflow API at ``uri`` for the block, then restore what the caller had."""
-    import mlflow
+def _tracking_uri(uri: str) -> Iterator[str]:
+    """Point the fluent MLflow API at ``uri`` for the block, then restore exactly what the caller had.
 
-    previous = mlflow.get_tracking_uri() if uri is not None else None
-    if uri is not None:
-        mlflow.set_tracking_uri(uri)
+    ``mlflow.set_tracking_uri`` also writes $MLFLOW_TRACKING_URI and pins a resolved default, so both the
+    module global and the environment variable are put back by hand (a later run in another directory must
+    still get *its* default ``./mlflow.db``).
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    saved_global = getattr(tracking_utils, "_tracking_uri", None)
+    saved_env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
     try:
-        yield str(mlflow.get_tracking_uri())
+        yield uri
     finally:
-        if previous is not None:
-            mlflow.set_tracking_uri(previous)
+        tracking_utils._tracking_uri = saved_global
+        if saved_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> str | None:
@@ -237,25 +247,32 @@ def _log_params(mlflow: Any, params: Mapping[str, str]) -> None:
 
 
 def _log_probe_model(mlflow: Any, bundle_dir: Path, example_features: Any) -> str:
-    import probes
-
     code = Path(__file__).with_name("pyfunc_model.py")
-    signature = None
+    example = None
     if example_features is not None:
         import numpy as np
-        from mlflow.models import infer_signature
 
         example = np.asarray(example_features, dtype=np.float32)
-        signature = infer_signature(example)
-    info = mlflow.pyfunc.log_model(
+    with warnings.catch_warnings():
+        # The model's predict deliberately has no type hints (an explicit signature is logged); MLflow 3
+        # nags about that on every log.
+        warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
+        info = _log_pyfunc(mlflow, code, bundle_dir, example)
+    return str(info.model_uri)
+
+
+def _log_pyfunc(mlflow: Any, code: Path, bundle_dir: Path, example: Any) -> Any:
+    import probes
+
+    return mlflow.pyfunc.log_model(
         name=MODEL_NAME,
         python_model=str(code),
         artifacts={"bundle": str(bundle_dir)},
-        signature=signature,
+        # MLflow runs the model on the example to record the input/output signature.
+        input_example=example,
         # Given explicitly: inferring requirements would import the model in a subprocess (slow).
         pip_requirements=[f"residual-probes=={probes.__version__}", "torch", "safetensors", "pandas"],
     )
-    return str(info.model_uri)
 
 
 def pull(run_id: str, to: str | Path, tracking_uri: str | None = None) -> Path:

@@ -1,0 +1,397 @@
+"""The ``probes`` command line.
+
+Exit codes (scripts can rely on them):
+
+- ``0`` success;
+- ``1`` the run failed (an unexpected error, a model that cannot be loaded, ...);
+- ``2`` bad input: an invalid config, a malformed or missing dataset, a bad option (also click's usage errors);
+- ``3`` tracking failed and the config says ``tracking.on_error: fail`` (local results are still written).
+
+Heavy libraries (torch, transformers, mlflow) are imported inside the commands, so ``probes --help`` is
+instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from probes.errors import ConfigError, DatasetError, ProbesError, TrackingError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_TRACKING = 3
+
+app = typer.Typer(
+    name="probes",
+    help=(
+        "Train, evaluate and track probes on a language model's activations.\n\n"
+        "Exit codes: 0 ok, 1 run failed, 2 bad config/data/usage, 3 tracking failed with "
+        "tracking.on_error=fail."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+datasets_app = typer.Typer(help="Inspect contrast datasets.", no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+# Messages and progress go to stderr; results (tables, JSON) to stdout so they can be piped. Rich falls back
+# to 80 columns when output is not a terminal (CI logs, pipes), too narrow for the result tables.
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def _show(renderable: Any) -> None:
+    out.print(renderable, width=None if out.is_terminal else max(out.width, 120))
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a config value (repeatable), e.g. --set data.train.limit=200 --set layers=[2,4]. "
+        "VALUE is parsed as YAML; overrides are recorded in the run.",
+    ),
+]
+ConfigArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A run config (YAML), e.g. training/quickstart.yaml. Relative paths inside it resolve against "
+        "the current directory.",
+        show_default=False,
+    ),
+]
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map named errors onto the documented exit codes with a one-paragraph message."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (ConfigError, DatasetError) as exc:
+        _fail(EXIT_BAD_INPUT, str(exc))
+    except TrackingError as exc:
+        _fail(EXIT_TRACKING, str(exc))
+    except ProbesError as exc:
+        _fail(EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+    except KeyboardInterrupt:
+        _fail(EXIT_FAILED, "interrupted")
+    except Exception as exc:  # a bug or an environment problem: show where
+        err.print_exception(show_locals=False, max_frames=8)
+        _fail(EXIT_FAILED, f"run failed: {type(exc).__name__}: {exc}")
+
+
+def _load(config: Path, overrides: list[str] | None) -> Any:
+    from probes.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+class _Reporter:
+    """Stage messages from the pipeline, shown as a live status line with elapsed times."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    @contextmanager
+    def stage(self, message: str) -> Iterator[None]:
+        import time
+
+        start = time.perf_counter()
+        with self.console.status(f"[cyan]{message}[/]…"):
+            yield
+        self.console.print(f"[green]✓[/] {message} [dim]({time.perf_counter() - start:.1f}s)[/]")
+
+    def info(self, message: str) -> None:
+        self.console.print(message, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# run / collect / train / evaluate
+
+
+@app.command()
+def run(
+    config: ConfigArg,
+    set_: SetOption = None,
+    no_track: Annotated[
+        bool, typer.Option("--no-track", help="Do not log to MLflow (same as --set tracking.enabled=false).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
+) -> None:
+    """Run a whole experiment: collect → layer sweep → choose the layer on validation → evaluate on test,
+    eval and control sets → write outputs to <output_dir>/<name>-<timestamp>/ → log to MLflow."""
+    overrides = list(set_ or [])
+    if no_track:
+        overrides.append("tracking.enabled=false")
+    with _errors():
+        cfg = _load(config, overrides)
+        from probes.pipeline import run as run_pipeline
+
+        result = run_pipeline(cfg, reporter=_Reporter(err))
+        if as_json:
+            out.print_json(json.dumps(result.summary()))
+        else:
+            _show(result.table())
+        err.print(f"Outputs: {result.run_dir}")
+        tracking = result.tracking
+        if tracking is not None:
+            colour = "green" if tracking.tracked else "bold yellow"
+            err.print(f"[{colour}]{tracking.message}[/]", soft_wrap=True)
+            if tracking.model_uri:
+                err.print(f"Probe model: mlflow.pyfunc.load_model({tracking.model_uri!r})", soft_wrap=True)
+
+
+@app.command()
+def collect(config: ConfigArg, set_: SetOption = None) -> None:
+    """Collect (and cache) the activations of every dataset in CONFIG at its layers, without training."""
+    with _errors():
+        cfg = _load(config, set_)
+        from probes.pipeline import collect_stage
+
+        summary = collect_stage(cfg, reporter=_Reporter(err))
+        table = Table(title="Collected activations")
+        for column in ("dataset", "rows", "sites", "dim", "cache"):
+            table.add_column(column)
+        for row in summary:
+            table.add_row(*(str(row[c]) for c in ("dataset", "rows", "sites", "dim", "cache")))
+        _show(table)
+
+
+@app.command()
+def train(config: ConfigArg, set_: SetOption = None) -> None:
+    """Collect, sweep layers, choose the layer on validation and save the probe bundle (threshold calibrated
+    on the control set when CONFIG has one). No test-set evaluation: use `probes run` for that."""
+    with _errors():
+        cfg = _load(config, set_)
+        from probes.pipeline import train_stage
+
+        result = train_stage(cfg, reporter=_Reporter(err))
+        _show(result.table())
+        err.print(f"Bundle: {result.bundle_dir}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(help="A run folder written by `probes run` / `probes train`.", show_default=False),
+    ],
+    data: Annotated[
+        Path, typer.Option("--data", "-d", help="Dataset to evaluate on (folder, .jsonl/.csv/.parquet).")
+    ],
+    control: Annotated[
+        Path | None,
+        typer.Option(
+            "--control", "-c", help="Benign control set: reports the FPR at the bundle's threshold."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use at most this many rows of each dataset.")] = None,
+    device: Annotated[str | None, typer.Option(help="Override the run's model.device, e.g. cuda.")] = None,
+) -> None:
+    """Score a new dataset with a run's saved probe and print its evaluation; writes
+    RUN_DIR/evaluations/<dataset>.json."""
+    with _errors():
+        from probes.pipeline import evaluate_run
+
+        result = evaluate_run(
+            run_dir, data, control=control, limit=limit, device=device, reporter=_Reporter(err)
+        )
+        _show(result.table())
+        err.print(f"Report: {result.path}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validate / datasets show / pull
+
+
+def _is_config(path: Path) -> bool:
+    return path.suffix in {".yaml", ".yml"} and path.is_file() and path.name != "card.yaml"
+
+
+@app.command()
+def validate(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Run configs (.yaml) and/or datasets (folders or files) to check.", show_default=False
+        ),
+    ],
+    set_: SetOption = None,
+) -> None:
+    """Parse configs and datasets without loading a model: config schema, dataset files, cards, labels,
+    splits. Exit 0 when everything is valid, 2 otherwise."""
+    from probes.pipeline import validate_config, validate_dataset
+
+    failures = 0
+    for path in paths:
+        try:
+            lines = validate_config(path, set_ or []) if _is_config(path) else validate_dataset(path)
+        except (ConfigError, DatasetError, FileNotFoundError) as exc:
+            failures += 1
+            err.print(f"[bold red]✗[/] {path}\n{exc}", soft_wrap=True)
+            continue
+        except Exception as exc:  # an unreadable file should still be a clear, per-path failure
+            failures += 1
+            err.print(f"[bold red]✗[/] {path}: {type(exc).__name__}: {exc}", soft_wrap=True)
+            continue
+        out.print(f"[green]✓[/] {path}", soft_wrap=True)
+        for line in lines:
+            out.print(f"    {line}", soft_wrap=True)
+    if failures:
+        err.print(f"[bold red]{failures} of {len(paths)} invalid[/]")
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    path: Annotated[Path, typer.Argument(help="A dataset folder or file.", show_default=False)],
+    rows: Annotated[int, typer.Option("--rows", "-n", help="How many example rows to print.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Show a dataset's card, label balance, lengths, condition tags and a few rows."""
+    with _errors():
+        from probes.data import load_dataset
+
+        ds = load_dataset(str(path))
+        summary = ds.summary()
+        if as_json:
+            out.print_json(
+                json.dumps({"card": ds.card.model_dump(mode="json"), "summary": summary}, default=str)
+            )
+            return
+        _print_dataset(ds, summary, rows)
+
+
+def _print_dataset(ds: Any, summary: dict[str, Any], rows: int) -> None:
+    card = ds.card
+    out.rule(f"[bold]{summary['name']}[/]")
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    for key in ("description", "source", "license", "how_made"):
+        value = getattr(card, key, None)
+        if value:
+            info.add_row(key, str(value).strip())
+    neg, pos = card.label_names
+    info.add_row("labels", f"0 = {neg}, 1 = {pos} (positive class: the state a probe detects)")
+    confounds = getattr(card, "confounds", None)
+    if confounds:
+        info.add_row(
+            "confounds",
+            "\n".join(f"• {c}" for c in confounds) if isinstance(confounds, list | tuple) else str(confounds),
+        )
+    out.print(info)
+
+    stats = Table(title="Summary", show_header=False)
+    stats.add_column(style="bold")
+    stats.add_column()
+    stats.add_row("rows", str(summary["n"]))
+    stats.add_row(
+        "labels",
+        ", ".join(f"{k}: {v}" for k, v in summary["labels"].items())
+        + f" ({summary['positive_fraction']:.1%} positive)",
+    )
+    stats.add_row("kinds", ", ".join(f"{k}: {v}" for k, v in summary["kinds"].items()))
+    stats.add_row("with target", str(summary["with_target"]))
+    g = summary["groups"]
+    stats.add_row(
+        "groups", f"{g['n']} (size {g['size']['min']}–{g['size']['max']}, mean {g['size']['mean']})"
+    )
+    c = summary["text_chars"]
+    stats.add_row("text chars", f"min {c['min']}, median {c['median']:g}, mean {c['mean']}, max {c['max']}")
+    for key, counts in summary.get("conditions", {}).items():
+        shown = ", ".join(f"{k}: {v}" for k, v in list(counts.items())[:12])
+        more = f", … ({len(counts)} values)" if len(counts) > 12 else ""
+        stats.add_row(f"condition {key}", shown + more)
+    if "splits" in summary:
+        stats.add_row("splits", ", ".join(f"{k}: {v}" for k, v in summary["splits"].items()))
+    stats.add_row("fingerprint", summary["fingerprint"][:16])
+    out.print(stats)
+
+    if rows > 0 and len(ds):
+        table = Table(title=f"First {min(rows, len(ds))} rows", show_lines=True)
+        for column in ("id", "label", "group", "text", "target"):
+            table.add_column(column, overflow="fold")
+        texts, targets = ds.texts, ds.target_texts
+        for i in range(min(rows, len(ds))):
+            ex = ds[i]
+            table.add_row(
+                ex.id,
+                card.label_names[ex.label],
+                str(ex.group or ""),
+                _clip(texts[i], 300),
+                _clip(targets[i], 120),
+            )
+        _show(table)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+@app.command()
+def pull(
+    run_id: Annotated[
+        str, typer.Argument(help="MLflow run id (shown by `probes run` and in the MLflow UI).")
+    ],
+    to: Annotated[Path, typer.Option("--to", help="Folder to download the run's probe bundle into.")],
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db."),
+    ] = None,
+) -> None:
+    """Download a tracked run's probe bundle (safetensors + JSON, verified) into a folder."""
+    with _errors():
+        from probes.track import pull as pull_bundle
+
+        bundle = pull_bundle(run_id, to, tracking_uri=tracking_uri)
+        out.print(f"Bundle of run {run_id} → {bundle}")
+
+
+def _register_plugins(target: typer.Typer, registrars: list[Callable[[typer.Typer], None]]) -> None:
+    for register in registrars:
+        register(target)
+
+
+def _monitor_registrar() -> list[Callable[[typer.Typer], None]]:
+    # `probes monitor` lives with the monitor; a missing or broken module must not take the CLI down.
+    try:
+        from probes.monitor.cli import register
+    except ImportError:
+        return []
+    return [register]
+
+
+_register_plugins(app, _monitor_registrar())
+
+
+def main() -> None:  # pragma: no cover - console entry point alternative
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())
