@@ -13,8 +13,10 @@ computes ``r_t`` token by token with :class:`StreamingAggregator` and must repro
 ``ema``     ``e_0 = s_0``;  ``e_t = alpha * s_t + (1 - alpha) * e_{t-1}`` (:func:`ema_step`);
             ``r_t = max(e_0, ..., e_t)``
 ``rolling`` ``m_t = mean(s_{max(0, t-w+1)}, ..., s_t)`` -- the mean of the last ``w`` tokens, or of
-            all tokens so far while ``t < w`` (no zero padding in the denominator);
-            ``r_t = max(m_0, ..., m_t)``
+            all tokens so far while fewer than ``w`` have arrived;
+            ``r_t = m_t`` while ``t < w - 1`` (no full window yet), then
+            ``r_t = max(m_{w-1}, ..., m_t)`` -- the max over *full* windows only, so a sequence
+            shorter than ``w`` scores its mean and one noisy early token cannot set the max
 ==========  ===================================================================================
 
 The batch functions loop over token *positions* (vectorised across sequences) with the same
@@ -111,7 +113,10 @@ def running(
     elif how == "ema":
         base = ema(scores, offsets, alpha)
     else:
-        base = rolling_mean(scores, offsets, window)
+        means, mask = to_padded(rolling_mean(scores, offsets, window), offsets)
+        partial = torch.arange(means.shape[1], device=scores.device)[None, :] < int(window) - 1
+        best = torch.where(partial, torch.full_like(means, float("-inf")), means).cummax(1).values
+        return torch.where(partial, means, best)[mask]
     padded, mask = to_padded(base, offsets, fill=float("-inf"))
     return padded.cummax(1).values[mask]
 
@@ -184,6 +189,8 @@ class StreamingAggregator:
             # Same element order as the batch unfold window: oldest ... newest.
             self._buf = torch.cat([self._buf[..., 1:], s[..., None]], dim=-1)
             current = self._buf.sum(-1) / float(min(self.count, self.window))
+            if self.count < self.window:  # no full window yet: the mean so far, not a max
+                return current
         self._best = current if self._best is None else torch.maximum(self._best, current)
         return self._best
 

@@ -8,7 +8,14 @@ from typing import Any
 import torch
 
 from probes.errors import BundleError
-from probes.train._validate import check_groups, check_labels, check_matrix, check_n_features, holdout_split
+from probes.train._validate import (
+    check_groups,
+    check_labels,
+    check_matrix,
+    check_n_features,
+    holdout_split,
+    threads_for,
+)
 from probes.train.base import ArrayLike, Probe, register_probe
 
 _STATE = ("hidden_weight", "hidden_bias", "out_weight", "out_bias", "mean", "scale")
@@ -134,19 +141,20 @@ class MLPProbe(Probe):
         stopper = EarlyStopping(int(self.patience))
         bs = int(self.batch_size)
         epoch = 0
-        for epoch in range(int(self.max_epochs)):
-            net.train()
-            for idx in torch.randperm(len(tr), generator=gen).split(bs):
-                idx = idx.to(dev)
-                opt.zero_grad(set_to_none=True)
-                loss_fn(net(Xtr[idx]).squeeze(-1), ytr[idx]).backward()
-                opt.step()
-            if len(va):
-                net.eval()
-                with torch.no_grad():
-                    val_loss = float(loss_fn(net(Xva).squeeze(-1), yva))
-                if stopper.step(epoch, val_loss, dict(net.named_parameters())):
-                    break
+        with threads_for(float(bs) * Xt.shape[1] * int(self.hidden), dev):
+            for epoch in range(int(self.max_epochs)):
+                net.train()
+                for idx in torch.randperm(len(tr), generator=gen).split(bs):
+                    idx = idx.to(dev)
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(net(Xtr[idx]).squeeze(-1), ytr[idx]).backward()
+                    opt.step()
+                if len(va):
+                    net.eval()
+                    with torch.no_grad():
+                        val_loss = float(loss_fn(net(Xva).squeeze(-1), yva))
+                    if stopper.step(epoch, val_loss, dict(net.named_parameters())):
+                        break
         params = (
             stopper.state if stopper.state is not None else {k: v.detach() for k, v in net.named_parameters()}
         )

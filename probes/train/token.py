@@ -14,7 +14,14 @@ import torch
 
 from probes.collect.activations import RaggedTokens
 from probes.errors import BundleError
-from probes.train._validate import check_groups, check_labels, check_n_features, check_ragged, holdout_split
+from probes.train._validate import (
+    check_groups,
+    check_labels,
+    check_n_features,
+    check_ragged,
+    holdout_split,
+    threads_for,
+)
 from probes.train.aggregate import (
     StreamingAggregator,
     aggregate,
@@ -182,7 +189,7 @@ class AttentionProbe(Probe):
 
     def __init__(
         self,
-        lr: float = 1e-2,
+        lr: float = 3e-2,
         weight_decay: float = 1e-3,
         max_epochs: int = 100,
         batch_size: int = 32,
@@ -274,18 +281,20 @@ class AttentionProbe(Probe):
         va_tok, va_off = gather(torch.as_tensor(va, dtype=torch.long, device=dev))
         y_va = y_t[torch.as_tensor(va, dtype=torch.long, device=dev)]
         epoch = 0
-        for epoch in range(int(self.max_epochs)):
-            for batch in tr_t[torch.randperm(len(tr_t), generator=gen)].split(int(self.batch_size)):
-                batch = batch.to(dev)
-                tok, off = gather(batch)
-                opt.zero_grad(set_to_none=True)
-                loss_fn(forward(tok, off), y_t[batch]).backward()
-                opt.step()
-            if len(va):
-                with torch.no_grad():
-                    val_loss = float(loss_fn(forward(va_tok, va_off), y_va))
-                if stopper.step(epoch, val_loss, params):
-                    break
+        work = float(self.batch_size) * float(lengths.float().mean()) * d * 4
+        with threads_for(work, dev):
+            for epoch in range(int(self.max_epochs)):
+                for batch in tr_t[torch.randperm(len(tr_t), generator=gen)].split(int(self.batch_size)):
+                    batch = batch.to(dev)
+                    tok, off = gather(batch)
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(forward(tok, off), y_t[batch]).backward()
+                    opt.step()
+                if len(va):
+                    with torch.no_grad():
+                        val_loss = float(loss_fn(forward(va_tok, va_off), y_va))
+                    if stopper.step(epoch, val_loss, params):
+                        break
         best = stopper.state if stopper.state is not None else {k: v.detach() for k, v in params.items()}
         # Fold the standardiser in: softmax ignores the constant -mean.q shift of the logits.
         q_raw = best["query"].double() / std
