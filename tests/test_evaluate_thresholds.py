@@ -72,3 +72,16 @@ def test_held_out_fpr_interval_covers_the_true_fpr_at_nominal_rate() -> None:
         assert op.recall_ci[0] <= op.recall <= op.recall_ci[1]
     # Clopper-Pearson is conservative: coverage >= 95% up to Monte-Carlo noise (sd ~1.5%).
     assert covered / seeds >= 0.92
+
+
+def test_fpr_bound_holds_per_threshold_at_its_confidence() -> None:
+    from probes.evaluate import conformal_fpr_bound
+
+    alpha, n = 0.05, 199
+    bound = conformal_fpr_bound(n, alpha, confidence=0.9)
+    assert alpha < bound < 0.1
+    assert conformal_fpr_bound(20_000, alpha, 0.9) == pytest.approx(alpha, abs=0.003)  # tightens with n
+    assert conformal_fpr_bound(50, 0.01) == 0.0  # infeasible -> +inf threshold -> never flags
+    rng = np.random.default_rng(5)
+    fprs = np.array([norm.sf(conformal_threshold(rng.normal(size=n), alpha)) for _ in range(400)])
+    assert np.mean(fprs > bound) == pytest.approx(0.1, abs=0.04)

@@ -32,6 +32,7 @@ from probes.evaluate.report import EvalReport
 from probes.evaluate.sweep import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
 from probes.evaluate.thresholds import (
     OperatingPoint,
+    conformal_fpr_bound,
     conformal_n_needed,
     conformal_threshold,
     operating_point,
@@ -54,6 +55,7 @@ __all__ = [
     "brier_score",
     "clopper_pearson",
     "confound_check",
+    "conformal_fpr_bound",
     "conformal_n_needed",
     "conformal_threshold",
     "evaluate",

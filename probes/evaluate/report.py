@@ -226,7 +226,11 @@ class EvalReport:
         table.add_row("accuracy (score > 0)", _fmt(self.accuracy), _fmt_ci(self.accuracy_ci))
         for op in self.operating_points:
             tag = _fmt_pct(op.target_fpr)
-            table.add_row(f"threshold @ FPR {tag}", _fmt(op.threshold), f"n_cal={op.n_control_cal}")
+            table.add_row(
+                f"threshold @ FPR {tag}",
+                _fmt(op.threshold),
+                f"n_cal={op.n_control_cal}; true FPR <= {_fmt_pct(op.fpr_bound)} w.p. {self.confidence:.0%}",
+            )
             table.add_row(f"recall @ FPR {tag}", _fmt_pct(op.recall), _fmt_ci(op.recall_ci, pct=True))
             table.add_row(
                 f"held-out FPR @ {tag}",

@@ -63,6 +63,24 @@ def conformal_threshold(control_scores: Any, target_fpr: float) -> float:
     return float(scores[k - 1])
 
 
+def conformal_fpr_bound(n: int, target_fpr: float, confidence: float = 0.95) -> float:
+    """With probability ``confidence`` over the calibration draw, the conformal threshold's FPR is at most this.
+
+    The threshold is the ``k``-th smallest of ``n`` exchangeable benign scores, so (for continuous scores)
+    its true FPR is distributed as ``Beta(n + 1 - k, k)``, whose mean is at most ``alpha``; this returns
+    that distribution's ``confidence`` quantile (ties only make the FPR smaller). It shrinks towards
+    ``alpha`` as ``n`` grows: the per-threshold counterpart of the in-expectation guarantee. ``0.0`` when
+    the threshold is ``+inf``.
+    """
+    from scipy.stats import beta
+
+    _check_alpha(target_fpr)
+    k = math.ceil((1.0 - float(target_fpr)) * (n + 1) - 1e-9)
+    if k > n:
+        return 0.0
+    return float(beta.ppf(confidence, n + 1 - k, k))
+
+
 @dataclass
 class OperatingPoint:
     """One threshold chosen for a target FPR, with what it achieves on held-out data.
@@ -83,6 +101,8 @@ class OperatingPoint:
     n_true_positives: int
     n_needed: int
     source: str = "control"  # "control" or "test_negatives" (the fallback when no control set is given)
+    #: with probability ``confidence`` over the calibration draw the threshold's true FPR is below this
+    fpr_bound: float = float("nan")
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -92,6 +112,7 @@ class OperatingPoint:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["threshold"] = _json_float(self.threshold)
+        out["fpr_bound"] = _json_float(self.fpr_bound)
         out["recall_ci"] = [_json_float(v) for v in self.recall_ci]
         out["empirical_fpr_ci"] = [_json_float(v) for v in self.empirical_fpr_ci]
         return out
@@ -104,6 +125,8 @@ class OperatingPoint:
         data["empirical_fpr_ci"] = tuple(_from_json_float(v) for v in data["empirical_fpr_ci"])
         data["recall"] = _from_json_float(data["recall"])
         data["empirical_fpr"] = _from_json_float(data["empirical_fpr"])
+        if "fpr_bound" in data:
+            data["fpr_bound"] = _from_json_float(data["fpr_bound"])
         return cls(**data)
 
 
@@ -136,7 +159,7 @@ def operating_point(
 ) -> OperatingPoint:
     """Conformal threshold on ``cal_scores``; empirical FPR on ``holdout_scores``; recall on positives.
 
-    Both rates come with exact (Clopper-Pearson) binomial intervals: the threshold is fixed, so flags on
+    ``fpr_bound`` is :func:`conformal_fpr_bound` at ``confidence``. Both rates come with exact (Clopper-Pearson) binomial intervals: the threshold is fixed, so flags on
     the held-out benign rows and on the positives are counts of independent Bernoulli trials (rows of one
     group are treated as independent here).
     """
@@ -167,5 +190,6 @@ def operating_point(
         n_true_positives=n_tp,
         n_needed=n_needed,
         source=source,
+        fpr_bound=conformal_fpr_bound(cal.size, target_fpr, confidence),
         notes=notes,
     )
