@@ -113,12 +113,12 @@ def reliability_diagram(
     widths = np.maximum(upper - lower, 0.01)
     axc.bar(lower, counts, width=widths, align="edge", color="#9ecae1", edgecolor="black", lw=0.5)
     if counts.size and counts.min() == counts.max():
-        count_note = f" · {int(counts[0])} rows in each bin"
+        axc.set_title(f"equal-mass bins: {int(counts[0])} rows each", fontsize=9)
     else:
-        count_note = ""
+        axc.set_title("equal-mass bins (rows per bin annotated)", fontsize=9)
         for x, c in zip(pred, counts, strict=True):
             axc.annotate(str(int(c)), (x, c), ha="center", va="bottom", fontsize=7)
-    axc.set(xlabel=f"mean predicted probability (equal-mass bins{count_note})", ylabel="rows per bin")
+    axc.set(xlabel="mean predicted probability", ylabel="rows per bin")
     axc.set_ylim(0, max(1, int(counts.max(initial=1))) * 1.3)
     return _save(fig, path)
 

@@ -44,8 +44,18 @@ def _sites(acts: Activations, layers: Sequence[str | int] | None) -> list[str]:
     return [resolve_site(acts, layer, "train") for layer in layers]
 
 
-# Hyperparameters fit_logistic_many shares with LogisticProbe; anything else (e.g. cv=) needs per-layer fits.
+# Hyperparameters fit_logistic_many shares with LogisticProbe. `seed` and `backend` do not change a
+# plain (no cv) fit's objective, and L-BFGS is deterministic; anything else (e.g. cv=3) needs per-layer fits.
 _BATCHABLE = {"C", "standardize", "fit_intercept", "max_iter", "class_weight"}
+_IRRELEVANT_WITHOUT_CV = {"seed", "backend", "Cs", "cv"}
+
+
+def _batch_params(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The kwargs for one batched logistic fit, or None when these params need per-layer fits."""
+    if params.get("cv") is not None:
+        return None
+    kept = {k: v for k, v in params.items() if k not in _IRRELEVANT_WITHOUT_CV}
+    return kept if set(kept) <= _BATCHABLE else None
 
 
 def _fit_all(
@@ -55,11 +65,12 @@ def _fit_all(
     y, groups = np.asarray(train.labels), _fit_groups(train)
     params = dict(probe_params or {})
     dense = all(not hasattr(train.features[s], "offsets") for s in sites)
-    if probe == "logistic" and len(sites) > 1 and dense and set(params) <= _BATCHABLE:
+    batch = _batch_params(params) if probe == "logistic" and len(sites) > 1 and dense else None
+    if batch is not None:
         from probes.train import fit_logistic_many
 
         return dict(
-            zip(sites, fit_logistic_many([train.features[s] for s in sites], y, **params), strict=True)
+            zip(sites, fit_logistic_many([train.features[s] for s in sites], y, **batch), strict=True)
         )
     return {site: build_probe(probe, params).fit(train.features[site], y, groups=groups) for site in sites}
 
