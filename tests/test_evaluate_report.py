@@ -297,3 +297,32 @@ def test_bad_inputs_say_what_to_do(fitted) -> None:
         evaluate(probe, only_pos, control, n_bootstrap=10)
     with pytest.raises(ValueError, match="target_fpr"):
         evaluate(probe, test, control, target_fpr=1.5, n_bootstrap=10)
+
+
+def test_library_probes_through_evaluate(fitted) -> None:
+    from probes.train import LogisticProbe, TokenProbe
+
+    _, test, control, _ = fitted
+    train = gaussian_acts(600, 8, 0)
+    dense = evaluate(LogisticProbe().fit(train["layers.0"], train.labels), test, control, n_bootstrap=50)
+    assert dense.auroc == pytest.approx(0.921, abs=0.03) and dense.probe_kind == "logistic"
+
+    # Token-level: one spiking token among noise per positive sequence; max aggregation finds it.
+    rng = np.random.default_rng(1)
+
+    def ragged(n: int) -> Activations:
+        y = rng.integers(0, 2, n).astype(np.int64)
+        lengths = torch.from_numpy(rng.integers(4, 10, n))
+        offsets = torch.zeros(n + 1, dtype=torch.long)
+        offsets[1:] = torch.cumsum(lengths, 0)
+        values = torch.from_numpy(rng.normal(size=(int(offsets[-1]), 6)).astype(np.float32))
+        for i in np.flatnonzero(y):
+            values[int(offsets[i]) + 2, 0] += 3.0
+        return Activations(
+            {"layers.1": RaggedTokens(values, offsets)}, y, [str(i) for i in range(n)], [None] * n
+        )
+
+    tr, te = ragged(300), ragged(300)
+    probe = TokenProbe(aggregation="max").fit(tr["layers.1"], tr.labels)
+    report = evaluate(probe, te, target_fpr=0.1, n_bootstrap=50)
+    assert report.auroc > 0.85 and report.probe_kind == probe.kind
