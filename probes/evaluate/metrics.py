@@ -126,18 +126,68 @@ def bootstrap_ci(
     y_arr, s_arr = _as_arrays(y, scores)
     if n_bootstrap <= 0 or y_arr.size == 0:
         return (float("nan"), float("nan"))
-    values = np.array(
-        [
-            metric(y_arr[idx], s_arr[idx])
-            for idx in bootstrap_indices(y_arr.size, groups, n_bootstrap=n_bootstrap, seed=seed)
-        ]
-    )
+    resamples = bootstrap_indices(y_arr.size, groups, n_bootstrap=n_bootstrap, seed=seed)
+    fast = _WEIGHTED.get(metric)
+    if fast is not None:
+        # A resample is the original rows with multiplicities: score it from one sort of the data.
+        ranked = _Ranked(y_arr, s_arr)
+        values = np.array([fast(ranked, np.bincount(idx, minlength=y_arr.size)) for idx in resamples])
+    else:
+        values = np.array([metric(y_arr[idx], s_arr[idx]) for idx in resamples])
     values = values[np.isfinite(values)]
     if values.size == 0:
         return (float("nan"), float("nan"))
     tail = 100.0 * (1.0 - confidence) / 2.0
     lo, hi = np.percentile(values, [tail, 100.0 - tail])
     return (float(lo), float(hi))
+
+
+class _Ranked:
+    """Labels and scores sorted once, with tie blocks, for scoring weighted resamples in O(n)."""
+
+    def __init__(self, y: np.ndarray, scores: np.ndarray) -> None:
+        self.order = np.argsort(scores, kind="mergesort")
+        s_sorted = scores[self.order]
+        self.y = y[self.order].astype(np.float64)
+        # block id of each sorted row: rows with equal scores share a block (ties count as one threshold)
+        self.block = np.r_[0, np.cumsum(np.diff(s_sorted) != 0)]
+        self.n_blocks = int(self.block[-1]) + 1 if y.size else 0
+        self.correct = (scores > 0.0).astype(np.int64) == y
+
+    def block_sums(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        w = weights[self.order].astype(np.float64)
+        pos = np.bincount(self.block, w * self.y, minlength=self.n_blocks)
+        neg = np.bincount(self.block, w * (1.0 - self.y), minlength=self.n_blocks)
+        return pos, neg
+
+
+def _auroc_weighted(r: _Ranked, weights: np.ndarray) -> float:
+    pos, neg = r.block_sums(weights)
+    total_pos, total_neg = pos.sum(), neg.sum()
+    if total_pos == 0 or total_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg
+    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (total_pos * total_neg))
+
+
+def _auprc_weighted(r: _Ranked, weights: np.ndarray) -> float:
+    pos, neg = r.block_sums(weights)
+    total_pos = pos.sum()
+    if total_pos == 0 or neg.sum() == 0:
+        return float("nan")
+    pos, neg = pos[::-1], neg[::-1]  # highest scores first
+    tp = np.cumsum(pos)
+    flagged = tp + np.cumsum(neg)
+    precision = np.divide(tp, flagged, out=np.zeros_like(tp), where=flagged > 0)
+    return float(np.sum(pos / total_pos * precision))
+
+
+def _accuracy_weighted(r: _Ranked, weights: np.ndarray) -> float:
+    total = weights.sum()
+    return float(np.dot(weights, r.correct) / total) if total else float("nan")
+
+
+_WEIGHTED: dict[Callable[..., float], Callable[[_Ranked, np.ndarray], float]] = {}
 
 
 def with_ci(
@@ -154,6 +204,9 @@ def with_ci(
     value = metric(*_as_arrays(y, scores))
     ci = bootstrap_ci(metric, y, scores, groups, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     return float(value), ci
+
+
+_WEIGHTED.update({auroc: _auroc_weighted, auprc: _auprc_weighted, accuracy: _accuracy_weighted})
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
