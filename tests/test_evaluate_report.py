@@ -326,3 +326,11 @@ def test_library_probes_through_evaluate(fitted) -> None:
     probe = TokenProbe(aggregation="max").fit(tr["layers.1"], tr.labels)
     report = evaluate(probe, te, target_fpr=0.1, n_bootstrap=50)
     assert report.auroc > 0.85 and report.probe_kind == probe.kind
+
+
+def test_probes_evaluate_is_callable_after_submodule_import(fitted) -> None:
+    import probes
+    import probes.evaluate  # binds the subpackage onto `probes`, shadowing the function of the same name
+
+    probe, test, control, _ = fitted
+    assert isinstance(probes.evaluate(probe, test, control, n_bootstrap=10), EvalReport)

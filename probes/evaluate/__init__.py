@@ -9,6 +9,12 @@
 - :func:`layer_sweep` (choose the site on validation only) and :func:`generalization_matrix`.
 """
 
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
 from probes.evaluate.baseline import BaselineResult, confound_check, text_baseline
 from probes.evaluate.calibration import (
     Calibrator,
@@ -67,3 +73,15 @@ __all__ = [
     "text_baseline",
     "with_ci",
 ]
+
+
+class _CallablePackage(types.ModuleType):
+    """Once imported, the subpackage ``probes.evaluate`` hides the public function ``probes.evaluate``
+    (Python binds submodules onto their parent); calling the package calls the function, so
+    ``probes.evaluate(probe, test, ...)`` works whatever was imported first (as ``probes.collect`` does)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> EvalReport:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
