@@ -12,7 +12,7 @@ from conftest import build_tiny_model
 
 from probes.errors import BundleError, FingerprintMismatchError
 from probes.package import ProbeBundle, Threshold, apply_calibration
-from probes.train.linear import DiffMeansProbe, LogisticProbe
+from probes.train import DiffMeansProbe, LogisticProbe
 
 
 @pytest.fixture(scope="module")

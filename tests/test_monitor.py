@@ -13,8 +13,8 @@ from probes.errors import FingerprintMismatchError
 from probes.models.sites import num_layers, parse_site, residual_hook
 from probes.monitor import FireEvent, Monitor
 from probes.package import ProbeBundle
+from probes.train import DiffMeansProbe, LogisticProbe, Probe, register_probe
 from probes.train.aggregate import ema, rolling_mean
-from probes.train.linear import DiffMeansProbe, LogisticProbe
 
 PROMPTS = ["Once upon a time there was a", "Tom saw a dog", "The sun"]
 NEW = 14
@@ -121,7 +121,7 @@ def test_streamed_scores_equal_one_batched_forward(arch: str, prompts: list[str]
         first = n_pad if score_prompt else prompt_len
         # Every real token the model read is scored exactly once; pads and the never-fed last token are not.
         assert rows["position"].tolist() == list(range(first, out.shape[1] - 1))
-        assert (out[r, rows["position"].to_numpy()].numpy() == rows["token_id"].to_numpy()).all()
+        assert (out[r].numpy()[rows["position"].to_numpy()] == rows["token_id"].to_numpy()).all()
         np.testing.assert_allclose(
             rows["smoothed"], _smooth(ref[r, first : out.shape[1] - 1], "ema"), atol=1e-4
         )
@@ -217,17 +217,39 @@ def test_hooks_are_removed_after_an_exception_inside_generation() -> None:
     assert out.shape[1] == enc["input_ids"].shape[1] + NEW
 
 
+@register_probe
+class _FailingProbe(Probe):
+    """A nonlinear probe whose scoring backend fails: the error path of a monitor needs an error."""
+
+    kind = "test-failing"
+
+    def fit(self, X, y, groups=None):
+        self.n_features_in_ = int(X.shape[1])
+        return self
+
+    def score_torch(self, X):
+        raise RuntimeError("scoring backend failed")
+
+    def get_params(self):
+        return {}
+
+    def state_tensors(self):
+        return {"n": torch.tensor([self.n_features_in_])}
+
+    def load_state_tensors(self, tensors):
+        self.n_features_in_ = int(tensors["n"][0])
+        return self
+
+
 def test_on_error_continue_fails_open_and_stop_fails_closed() -> None:
     tiny = _LLAMA()
     enc = tiny.encode(PROMPTS[:1])
     plain = tiny.generate(enc)
-    # A probe trained on 7-dim features, bundled without a model fingerprint: scoring d=32 raises.
-    X = torch.randn(40, 7)
-    wrong = ProbeBundle.from_probe(
-        LogisticProbe().fit(X, (X[:, 0] > 0).long().numpy()), model=None, layer=2, name="w"
+    bundle = ProbeBundle.from_probe(
+        _FailingProbe().fit(torch.zeros(2, 32), [0, 1]), model=tiny.model, layer=2, name="f"
     )
     for on_error in ("stop", "continue"):
-        monitor = Monitor(wrong, threshold=0.0, on_error=on_error)
+        monitor = Monitor(bundle, threshold=0.0, on_error=on_error)
         if on_error == "stop":
             with pytest.raises(RuntimeError):
                 tiny.generate(enc, monitor)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from probes.errors import FingerprintMismatchError
 from probes.models.sites import num_layers, parse_site, residual_hook
 from probes.monitor.trace import Trace, _Step
 from probes.package.bundle import BundleEntry, ProbeBundle
@@ -250,6 +251,7 @@ class Monitor:
         if self.check_fingerprint:
             self.bundle.check_model(model, layers_attr)
         n_layers = num_layers(model, layers_attr)
+        self._check_dims(model)
         param = next(model.parameters(), None)
         self._device = param.device if param is not None else torch.device("cpu")
         self._prepare_weights(self._device)
@@ -277,6 +279,20 @@ class Monitor:
         finally:
             self._attached = None
             self._ctx = None
+
+    def _check_dims(self, model: nn.Module) -> None:
+        # Even with check_fingerprint=False a probe of the wrong width can never work: say so up front
+        # instead of failing inside the first forward pass.
+        hidden = getattr(getattr(model, "config", None), "hidden_size", None)
+        if hidden is None:
+            return
+        for entry in self._entries:
+            width = getattr(entry.probe, "n_features_in_", None)
+            if width is not None and int(width) != int(hidden):
+                raise FingerprintMismatchError(
+                    f"Probe {entry.name!r} reads {int(width)}-dim activations but {type(model).__name__} has "
+                    f"hidden size {int(hidden)}: the bundle was made for another model. Load that model."
+                )
 
     def _prepare_weights(self, device: torch.device) -> None:
         for group in self._groups:

@@ -1,0 +1,216 @@
+"""``probes monitor``: stream a generation to the terminal, tokens coloured by probe score, stop when it fires.
+
+Only typer/rich are imported at module level; torch and transformers load inside the command, so
+``probes --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from probes.errors import ProbesError
+
+#: Exit codes of ``probes monitor`` (also listed in its --help).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FIRED = 0, 1, 2, 3
+
+HELP = f"""Generate from PROMPT with the probes of BUNDLE watching every token; stop when one fires.
+
+Tokens are shaded by their smoothed score (blue below the threshold, red above) and a marker shows where
+the monitor interrupted. Exit codes: {EXIT_OK} = finished without firing, {EXIT_ERROR} = error (bad bundle,
+model mismatch, invalid settings), {EXIT_USAGE} = bad command line, {EXIT_FIRED} = the monitor fired and
+stopped generation (or flagged the prompt with --score-prompt).
+"""
+
+
+class SmoothingChoice(str, Enum):
+    ema = "ema"
+    rolling = "rolling"
+    none = "none"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``monitor`` command to ``app``."""
+
+    @app.command("monitor", help=HELP)
+    def monitor_command(
+        bundle: Annotated[Path, typer.Argument(help="Bundle folder written by ProbeBundle.save.")],
+        model: Annotated[str, typer.Option("--model", help="Hub id or local folder of the model.")],
+        prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+        chat: Annotated[
+            bool, typer.Option("--chat", help="Wrap the prompt as a user message (chat template).")
+        ] = False,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+        threshold: Annotated[
+            float | None, typer.Option("--threshold", help="Override the bundle's threshold(s).")
+        ] = None,
+        target_fpr: Annotated[
+            float | None,
+            typer.Option("--target-fpr", help="Use the bundle threshold calibrated for this FPR."),
+        ] = None,
+        smoothing: Annotated[SmoothingChoice, typer.Option("--smoothing")] = SmoothingChoice.ema,
+        alpha: Annotated[float, typer.Option("--alpha", help="EMA weight of the newest token.")] = 0.3,
+        window: Annotated[int, typer.Option("--window", help="Rolling-mean window (tokens).")] = 8,
+        patience: Annotated[
+            int, typer.Option("--patience", help="Tokens above threshold before firing.")
+        ] = 1,
+        score_prompt: Annotated[bool, typer.Option("--score-prompt", help="Also screen the prompt.")] = False,
+        sample: Annotated[
+            bool, typer.Option("--sample/--greedy", help="Sample instead of greedy decoding.")
+        ] = False,
+        temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        html: Annotated[
+            Path | None, typer.Option("--html", help="Write the per-token trace as HTML.")
+        ] = None,
+        no_check_fingerprint: Annotated[
+            bool,
+            typer.Option("--no-check-fingerprint", help="Attach even if the model's fingerprint differs."),
+        ] = False,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps, ...")] = "auto",
+    ) -> None:
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True)
+        err = Console(stderr=True, highlight=False)
+        try:
+            code = _run(
+                console,
+                bundle=bundle,
+                model_name=model,
+                prompt=prompt,
+                chat=chat,
+                max_new_tokens=max_new_tokens,
+                threshold=threshold,
+                target_fpr=target_fpr,
+                smoothing=smoothing.value,
+                alpha=alpha,
+                window=window,
+                patience=patience,
+                score_prompt=score_prompt,
+                sample=sample,
+                temperature=temperature,
+                seed=seed,
+                html=html,
+                check_fingerprint=not no_check_fingerprint,
+                device=device,
+            )
+        except (ProbesError, ValueError, OSError) as exc:
+            # Expected failures (bad bundle, model mismatch, invalid settings): one line, no traceback.
+            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(EXIT_ERROR) from exc
+        raise typer.Exit(code)
+
+
+def _run(
+    console,
+    *,
+    bundle: Path,
+    model_name: str,
+    prompt: str,
+    chat: bool,
+    max_new_tokens: int,
+    threshold: float | None,
+    target_fpr: float | None,
+    smoothing: str,
+    alpha: float,
+    window: int,
+    patience: int,
+    score_prompt: bool,
+    sample: bool,
+    temperature: float,
+    seed: int,
+    html: Path | None,
+    check_fingerprint: bool,
+    device: str,
+) -> int:
+    from rich.text import Text
+
+    from probes.models import load_model
+    from probes.monitor import Monitor
+    from probes.package import ProbeBundle
+
+    probe_bundle = ProbeBundle.load(bundle)
+    monitor = Monitor(
+        probe_bundle,
+        smoothing=smoothing,  # type: ignore[arg-type]
+        alpha=alpha,
+        window=window,
+        patience=patience,
+        threshold=threshold,
+        target_fpr=target_fpr,
+        score_prompt=score_prompt,
+        check_fingerprint=check_fingerprint,
+    )
+    lm, tokenizer = load_model(model_name, device=device)
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"{model_name} has no chat template; drop --chat and pass the raw prompt.")
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        input_ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    else:
+        input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+
+    names = monitor.probe_names
+    console.print(
+        Text.assemble(
+            ("monitoring ", "dim"),
+            (
+                ", ".join(f"{n} (threshold {t:.3g})" for n, t in zip(names, monitor.thresholds, strict=True)),
+                "bold",
+            ),
+            (f"  smoothing={smoothing}\n", "dim"),
+        )
+    )
+    console.print(Text(prompt if not chat else f"[user] {prompt}\n", style="dim"), end="")
+    fired = None
+    for event in monitor.stream(
+        lm,
+        tokenizer,
+        input_ids=input_ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature,
+        seed=seed,
+    ):
+        j = max(range(len(names)), key=lambda i: event.smoothed[names[i]] - monitor.thresholds[i])
+        console.print(Text(event.text, style=_style(event.smoothed[names[j]], monitor.thresholds[j])), end="")
+        if event.fired:
+            fired = (names[j], event.smoothed[names[j]], monitor.thresholds[j])
+    prompt_flagged = fired is None and score_prompt and bool(monitor.fired.any())
+    console.print()
+    if fired is not None:
+        name, value, thr = fired
+        console.print(
+            Text(
+                f" \u26d4 monitor stopped generation: {name} smoothed score {value:.3f} > threshold {thr:.3f} ",
+                style="bold white on red",
+            )
+        )
+    elif prompt_flagged:
+        console.print(
+            Text(" \u26d4 monitor flagged the prompt; nothing generated ", style="bold white on red")
+        )
+    else:
+        console.print(Text("(finished; the monitor did not fire)", style="dim"))
+    if html is not None:
+        monitor.trace.to_html(html, tokenizer=tokenizer)
+        console.print(Text(f"trace written to {html}", style="dim"))
+    return EXIT_FIRED if (fired is not None or prompt_flagged) else EXIT_OK
+
+
+def _style(value: float, threshold: float) -> str:
+    """Background shade: blue below the threshold, red above, stronger further away (one unit = full)."""
+    center = threshold if math.isfinite(threshold) else 0.0
+    a = min(1.0, abs(value - center) / 2.0)
+    if value > center:
+        g = int(255 - 190 * a)
+        return f"black on rgb(255,{g},{g})"
+    c = int(255 - 150 * a)
+    return f"black on rgb({c},{c},255)"
