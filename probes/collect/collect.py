@@ -175,9 +175,10 @@ class _Runner:
         if "use_cache" in params:
             extra["use_cache"] = False
         config = getattr(model, "config", None)
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         # A config that asks for all hidden states or attentions would make every pass collect them.
         for flag in ("output_hidden_states", "output_attentions"):
-            if getattr(config, flag, False):
+            if getattr(config, flag, False) and (flag in params or takes_kwargs):
                 extra[flag] = False
         return cls(module, "position_ids" in params, extra)
 
