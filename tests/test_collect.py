@@ -145,6 +145,11 @@ def test_result_is_typed_in_dataset_order_with_spec(llama) -> None:
         assert field in spec
     assert spec["dataset"] == dataset.fingerprint() and spec["pooling"] == "mean"
     assert spec["model"]["num_layers"] == 4
+    # Results are ordinary tensors, usable by autograd (a torch-trained probe), not inference tensors.
+    assert not acts[2].is_inference()
+    weight = torch.zeros(32, requires_grad=True)
+    (acts[2] @ weight).sum().backward()
+    assert weight.grad is not None
     # Dataset order is restored: collecting a permuted dataset permutes the rows.
     perm = [3, 0, 7, 1, 9, 2, 8, 4, 6, 5]
     again = collect(

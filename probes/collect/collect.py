@@ -212,7 +212,10 @@ class _Outputs:
     def _alloc(self, site: str, d: int) -> torch.Tensor:
         if site not in self.values:
             rows = int(self.offsets[-1]) if self.pooling == "tokens" else self.n
-            self.values[site] = torch.zeros(rows, d, dtype=self.dtype)
+            # Allocated as a normal tensor even inside inference_mode: an inference tensor could not be
+            # used by autograd later (e.g. as the input of a torch-trained probe).
+            with torch.inference_mode(False):
+                self.values[site] = torch.zeros(rows, d, dtype=self.dtype)
         return self.values[site]
 
     def fill(self, rows: torch.Tensor, features: dict[str, torch.Tensor]) -> None:
