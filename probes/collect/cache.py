@@ -11,6 +11,9 @@ Every file is written to a temporary name in the same folder and moved into plac
 reader never sees half a file. A shard counts only once the manifest lists it: a crash between writing a
 shard and updating the manifest leaves an orphan that the resumed run simply overwrites. Rows of a shard are
 in the order they were computed (length-sorted), not dataset order; ``row_index`` maps them back.
+
+One process writes an entry at a time (there is no lock); two runs of the same collection would compute the
+same rows in the same order, so they do not corrupt each other, but they duplicate the work.
 """
 
 from __future__ import annotations
