@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from probes.errors import ConfigError, DatasetError, ProbesError, TrackingError
 
@@ -31,8 +33,62 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_TRACKING = 3
 
+# ----------------------------------------------------------------------------------------------------------
+# `probes monitor`: registered by probes.monitor.cli.register(app), loaded only when it is invoked (the
+# monitor imports torch; `probes --help` must not).
+
+_LAZY_COMMANDS = {
+    "monitor": (
+        "probes/monitor/cli.py",
+        "Run a probe bundle as a streaming monitor on a model's generations (probes monitor --help).",
+    ),
+}
+
+
+class _LazyGroup(TyperGroup):
+    """A Typer group whose lazy commands are listed from a static help line and imported on first use."""
+
+    _formatting = False
+
+    def _available(self) -> list[str]:
+        root = Path(__file__).resolve().parent.parent
+        return [name for name, (path, _) in _LAZY_COMMANDS.items() if (root / path).is_file()]
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = list(super().list_commands(ctx))
+        return names + [n for n in self._available() if n not in names]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._formatting = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._formatting = False
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None or cmd_name not in self._available():
+            return command
+        if self._formatting:  # listing only: a placeholder with the help line, no import
+            return click.Command(cmd_name, help=_LAZY_COMMANDS[cmd_name][1])
+        try:
+            from probes.monitor.cli import register
+        except ImportError as exc:
+            err.print(f"[bold red]error:[/] `probes {cmd_name}` is unavailable: {exc}")
+            return None
+        extra = typer.Typer()
+        register(extra)
+        group = typer.main.get_group(extra)
+        for name in group.list_commands(ctx):
+            found = group.get_command(ctx, name)
+            if found is not None and name not in self.commands:
+                self.add_command(found, name)
+        return super().get_command(ctx, cmd_name)
+
+
 app = typer.Typer(
     name="probes",
+    cls=_LazyGroup,
     help=(
         "Train, evaluate and track probes on a language model's activations.\n\n"
         "Exit codes: 0 ok, 1 run failed, 2 bad config/data/usage, 3 tracking failed with "
@@ -53,7 +109,10 @@ out = Console(highlight=False)
 
 
 def _show(renderable: Any) -> None:
-    out.print(renderable, width=None if out.is_terminal else max(out.width, 120))
+    if out.is_terminal:
+        out.print(renderable)
+    else:
+        Console(file=out.file, highlight=False, width=max(out.width, 120)).print(renderable)
 
 
 SetOption = Annotated[
@@ -142,8 +201,12 @@ def run(
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
 ) -> None:
-    """Run a whole experiment: collect → layer sweep → choose the layer on validation → evaluate on test,
-    eval and control sets → write outputs to <output_dir>/<name>-<timestamp>/ → log to MLflow."""
+    """Run a whole experiment from a YAML config and print the result table.
+
+    Collect activations (cached) → layer sweep → choose the layer on validation → evaluate on the test,
+    eval and control sets → write report.json, plots and the probe bundle to
+    <output_dir>/<name>-<timestamp>/ → log everything to MLflow.
+    """
     overrides = list(set_ or [])
     if no_track:
         overrides.append("tracking.enabled=false")
@@ -167,7 +230,10 @@ def run(
 
 @app.command()
 def collect(config: ConfigArg, set_: SetOption = None) -> None:
-    """Collect (and cache) the activations of every dataset in CONFIG at its layers, without training."""
+    """Collect and cache the activations of every dataset in CONFIG, without training.
+
+    A later `probes run` / `probes train` with the same model, layers, pooling and data reads the cache.
+    """
     with _errors():
         cfg = _load(config, set_)
         from probes.pipeline import collect_stage
@@ -183,8 +249,11 @@ def collect(config: ConfigArg, set_: SetOption = None) -> None:
 
 @app.command()
 def train(config: ConfigArg, set_: SetOption = None) -> None:
-    """Collect, sweep layers, choose the layer on validation and save the probe bundle (threshold calibrated
-    on the control set when CONFIG has one). No test-set evaluation: use `probes run` for that."""
+    """Train and save a probe bundle, without the test-set evaluation.
+
+    Collect → layer sweep → choose the layer on validation → save the bundle, with thresholds calibrated on
+    the control set when CONFIG has one. Use `probes run` for the full evaluation.
+    """
     with _errors():
         cfg = _load(config, set_)
         from probes.pipeline import train_stage
@@ -212,8 +281,11 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="Use at most this many rows of each dataset.")] = None,
     device: Annotated[str | None, typer.Option(help="Override the run's model.device, e.g. cuda.")] = None,
 ) -> None:
-    """Score a new dataset with a run's saved probe and print its evaluation; writes
-    RUN_DIR/evaluations/<dataset>.json."""
+    """Evaluate a run's saved probe on a new dataset.
+
+    Loads RUN_DIR/bundle and the run's model, collects activations of --data (and --control), prints AUROC
+    with CIs and the rates at the bundle's saved threshold, and writes RUN_DIR/evaluations/<dataset>.json.
+    """
     with _errors():
         from probes.pipeline import evaluate_run
 
@@ -242,8 +314,11 @@ def validate(
     ],
     set_: SetOption = None,
 ) -> None:
-    """Parse configs and datasets without loading a model: config schema, dataset files, cards, labels,
-    splits. Exit 0 when everything is valid, 2 otherwise."""
+    """Check configs and datasets without loading a model.
+
+    Configs: schema, dataset files, cards, labels, splits, holdout values, probe parameters. Datasets:
+    rows, labels, targets, card. Exit 0 when everything is valid, 2 otherwise.
+    """
     from probes.pipeline import validate_config, validate_dataset
 
     failures = 0
@@ -364,29 +439,15 @@ def pull(
         typer.Option(help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else ./mlflow.db."),
     ] = None,
 ) -> None:
-    """Download a tracked run's probe bundle (safetensors + JSON, verified) into a folder."""
+    """Download a tracked run's probe bundle into a folder.
+
+    The bundle (safetensors + JSON) is checked against its recorded sha256 before this returns.
+    """
     with _errors():
         from probes.track import pull as pull_bundle
 
         bundle = pull_bundle(run_id, to, tracking_uri=tracking_uri)
         out.print(f"Bundle of run {run_id} → {bundle}")
-
-
-def _register_plugins(target: typer.Typer, registrars: list[Callable[[typer.Typer], None]]) -> None:
-    for register in registrars:
-        register(target)
-
-
-def _monitor_registrar() -> list[Callable[[typer.Typer], None]]:
-    # `probes monitor` lives with the monitor; a missing or broken module must not take the CLI down.
-    try:
-        from probes.monitor.cli import register
-    except ImportError:
-        return []
-    return [register]
-
-
-_register_plugins(app, _monitor_registrar())
 
 
 def main() -> None:  # pragma: no cover - console entry point alternative

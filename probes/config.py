@@ -295,6 +295,9 @@ class EvaluationConfig(_Strict):
         True, description="TF-IDF + logistic baselines on the full text and the span."
     )
     generalization_matrix: bool = Field(False, description="Train on each dataset, test on every other.")
+    plots: bool = Field(
+        True, description="Write PNG plots (layer sweep, ROC, scores, reliability) to plots/."
+    )
 
     @field_validator("target_fprs")
     @classmethod

@@ -869,15 +869,16 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             {"test_auroc": test_report.auroc, "probe_params": params},
         )
         (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-        plots = run_dir / "plots"
-        plots.mkdir()
-        sweep.plot(plots / "layer_sweep.png")
-        test_report.plots(plots)
-        for rep in evals.values():
-            if not isinstance(rep, dict):
-                rep.plots(plots)
-        if generalization is not None:
-            generalization.plot(plots / "generalization.png")
+        if ev.plots:
+            plots = run_dir / "plots"
+            plots.mkdir()
+            sweep.plot(plots / "layer_sweep.png")
+            test_report.plots(plots)
+            for rep in evals.values():
+                if not isinstance(rep, dict):
+                    rep.plots(plots)
+            if generalization is not None:
+                generalization.plot(plots / "generalization.png")
         if config.pooling == "tokens":
             with contextlib.suppress(Exception):  # a visual aid: never fail a finished run over it
                 _token_html(prep, probe, site, run_dir / "tokens.html", test_report.threshold)

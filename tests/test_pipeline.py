@@ -112,7 +112,14 @@ def write_tiny_project(root: Path, model_dir: Path, **overrides: Any) -> Path:
         "pooling": "mean",
         "batch_size": 32,
         "probe": {"kind": "logistic", "params": {"C": 1.0}},
-        "evaluation": {"target_fprs": [0.1], "bootstrap": 50, "calibration": "platt"},
+        # Plots and text baselines cost seconds per run: on only where a test looks at them.
+        "evaluation": {
+            "target_fprs": [0.1],
+            "bootstrap": 50,
+            "calibration": "platt",
+            "plots": False,
+            "text_baselines": False,
+        },
         "cache_dir": str(root / "cache"),
         "output_dir": str(root / "runs"),
         "tracking": {"enabled": False},
@@ -137,7 +144,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
     from probes.pipeline import run
 
     root = tmp_path_factory.mktemp("project")
-    cfg = load_config(write_tiny_project(root, tiny_model_dir))
+    cfg = load_config(
+        write_tiny_project(root, tiny_model_dir), ["evaluation.plots=true", "evaluation.text_baselines=true"]
+    )
     return run(cfg)
 
 
@@ -229,40 +238,25 @@ def test_limit_subsamples_whole_groups(tmp_path: Path, tiny_model_dir: Path) -> 
     assert again.ids == ds.ids  # seeded
 
 
-def test_grid_diffmeans_and_single_class_eval(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_grid_control_folder_and_single_class_eval(tmp_path: Path, tiny_model_dir: Path) -> None:
     from probes.config import load_config
     from probes.pipeline import run
 
     path = write_tiny_project(tmp_path, tiny_model_dir)
-    cfg = load_config(
-        path,
-        [
-            "probe.kind=logistic",
-            "probe.grid={C: [0.01, 10.0]}",
-            "layers=[1, 3]",
-            f"data.eval.benign={tmp_path / 'data' / 'control.jsonl'}",
-            "evaluation.text_baselines=false",
-            "evaluation.calibration=isotonic",
-        ],
-    )
-    # The benign eval file has no card saying it is a control set: give it one so it loads as single-class.
-    (tmp_path / "data" / "control.jsonl").rename(tmp_path / "data" / "benign.jsonl")
-    folder = tmp_path / "data" / "control_folder"
+    # A benign set whose card says `kind: control`: single-class, usable as control and as an eval set.
+    folder = tmp_path / "data" / "benign"
     folder.mkdir()
-    (tmp_path / "data" / "benign.jsonl").rename(folder / "data.jsonl")
-    (folder / "card.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "benign",
-                "kind": "control",
-                "description": "benign",
-                "label_names": ["calm", "angry"],
-                "source": "test",
-                "license": "Apache-2.0",
-                "how_made": "random",
-            }
-        )
-    )
+    (tmp_path / "data" / "control.jsonl").rename(folder / "data.jsonl")
+    card = {
+        "name": "benign",
+        "kind": "control",
+        "description": "benign sentences",
+        "label_names": ["calm", "angry"],
+        "source": "test",
+        "license": "Apache-2.0",
+        "how_made": "random",
+    }
+    (folder / "card.yaml").write_text(yaml.safe_dump(card))
     cfg = load_config(
         path,
         [
@@ -270,7 +264,6 @@ def test_grid_diffmeans_and_single_class_eval(tmp_path: Path, tiny_model_dir: Pa
             "layers=[1, 3]",
             f"data.control={folder}",
             f"data.eval.benign={folder}",
-            "evaluation.text_baselines=false",
             "evaluation.calibration=isotonic",
         ],
     )
@@ -279,9 +272,11 @@ def test_grid_diffmeans_and_single_class_eval(tmp_path: Path, tiny_model_dir: Pa
     assert result.probe_params["C"] in (0.01, 10.0)
     benign = result.evals["benign"]
     assert isinstance(benign, dict) and benign["n"] == 80 and 0.0 <= benign["flag_rate"] <= 0.5
-    assert result.test.text_baseline_auroc is None
+    assert result.test.text_baseline_auroc is None  # text_baselines: false
+    assert not (result.run_dir / "plots").exists()  # plots: false
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
     assert manifest["probes"][0]["calibration"]["method"] == "isotonic"
+    assert manifest["probes"][0]["thresholds"][0]["control_set"] == "benign"
 
 
 def test_reproducibility_warnings() -> None:

@@ -21,8 +21,10 @@ from mlflow.pyfunc import PythonModel
 class ProbeBundleModel(PythonModel):
     """Scores ``(n, d)`` activations with one probe of a :class:`probes.package.ProbeBundle`."""
 
-    # No type hints on the two methods below: MLflow 3 would try to derive a schema from them; the run logs
-    # an explicit signature and input example instead.
+    # The run logs an input example (hence a signature); MLflow's type-hint validation would only wrap
+    # predict and warn that it has none.
+    _skip_type_hint_validation = True
+
     def load_context(self, context):  # noqa: ANN001, ANN201
         from probes.package import ProbeBundle
 

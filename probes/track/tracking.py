@@ -24,7 +24,6 @@ import os
 import subprocess
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,12 +252,7 @@ def _log_probe_model(mlflow: Any, bundle_dir: Path, example_features: Any) -> st
         import numpy as np
 
         example = np.asarray(example_features, dtype=np.float32)
-    with warnings.catch_warnings():
-        # The model's predict deliberately has no type hints (an explicit signature is logged); MLflow 3
-        # nags about that on every log.
-        warnings.filterwarnings("ignore", message=".*type hint.*", category=UserWarning)
-        info = _log_pyfunc(mlflow, code, bundle_dir, example)
-    return str(info.model_uri)
+    return str(_log_pyfunc(mlflow, code, bundle_dir, example).model_uri)
 
 
 def _log_pyfunc(mlflow: Any, code: Path, bundle_dir: Path, example: Any) -> Any:

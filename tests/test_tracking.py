@@ -1,0 +1,268 @@
+"""MLflow tracking against a real ``mlflow server`` process and the local SQLite store.
+
+One server per test session (started on a free 127.0.0.1 port, terminated in teardown). Runs are read back
+through ``MlflowClient``; the logged pyfunc model is loaded in a fresh Python process and must reproduce the
+bundle's scores; an unreachable server must not lose local results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_pipeline import save_tiny_model, write_tiny_project
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    exe = shutil.which("mlflow")
+    cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
+    cmd += [
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
+    # The GenAI job runner (a pool of worker processes) is not needed to track runs.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = (root / "server.log").open("w")
+    # Own session: teardown stops the server and the workers it spawns, and nothing else.
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}"
+                )
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow server not healthy after 120 s:\n{(root / 'server.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield uri
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-tracking"))
+
+
+def _run(root: Path, model_dir: Path, overrides: list[str]):
+    from probes.config import load_config
+    from probes.pipeline import run
+
+    cfg = load_config(write_tiny_project(root, model_dir), ["layers=[1, 2, 4]", *overrides])
+    return run(cfg)
+
+
+@pytest.fixture(scope="module")
+def server_run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, mlflow_server: str):
+    root = tmp_path_factory.mktemp("tracked")
+    result = _run(
+        root,
+        model_dir,
+        [
+            "tracking.enabled=true",
+            f"tracking.tracking_uri={mlflow_server}",
+            "tracking.experiment=probes-tests",
+            "tracking.tags={team: interp}",
+            "evaluation.plots=true",
+            "evaluation.text_baselines=true",
+        ],
+    )
+    return result, mlflow_server
+
+
+def test_run_is_logged_to_the_server(server_run) -> None:
+    from mlflow.tracking import MlflowClient
+
+    result, uri = server_run
+    assert result.tracking is not None and result.tracking.tracked, result.tracking
+    client = MlflowClient(uri)
+    run = client.get_run(result.tracking.run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "probes-tests"
+
+    params = run.data.params
+    assert params["probe.kind"] == "logistic"
+    assert params["model.name_or_path"] == result.config.model.name_or_path
+    assert params["chosen_layer"] == result.layer
+    assert "layers=[1, 2, 4]" in params["overrides"]
+
+    metrics = run.data.metrics
+    assert metrics["test_auroc"] == pytest.approx(result.test.auroc)
+    assert metrics["baseline_text_auroc"] == pytest.approx(result.baselines["text"].auroc)
+    # The layer sweep is a step series: one point per swept layer, step = layer index.
+    history = client.get_metric_history(run.info.run_id, "sweep_val_auroc")
+    assert sorted(m.step for m in history) == [1, 2, 4]
+    by_step = {m.step: m.value for m in history}
+    for row in result.sweep:
+        assert by_step[int(row["layer"].split(".")[1])] == pytest.approx(row["val_auroc"])
+
+    tags = run.data.tags
+    assert tags["probes.layer"] == result.layer
+    assert tags["probes.version"]
+    assert tags["team"] == "interp"
+    assert tags["probes.dataset.train.fingerprint"] == result.datasets["train"]["fingerprint"]
+    assert tags["probes.model_weight_hash"]
+
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"report.json", "config.yaml", "bundle", "plots"} <= names
+    report_path = client.download_artifacts(run.info.run_id, "report.json", str(result.run_dir.parent / "dl"))
+    assert json.loads(Path(report_path).read_text())["chosen_layer"] == result.layer
+
+
+def test_pyfunc_model_reproduces_scores_in_a_fresh_process(server_run, tmp_path: Path) -> None:
+    import torch
+
+    from probes.package import ProbeBundle
+
+    result, uri = server_run
+    model_uri = result.tracking.model_uri
+    assert model_uri
+    rng = np.random.default_rng(0)
+    d = int(json.loads((result.bundle_dir / "manifest.json").read_text())["model"]["hidden_size"])
+    X = rng.normal(size=(7, d)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    code = (
+        "import json, sys, numpy as np, pandas as pd, mlflow\n"
+        "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
+        "X = np.load(sys.argv[2])\n"
+        "a = model.predict(X)\n"
+        "b = model.predict(pd.DataFrame(X))\n"
+        "print(json.dumps({'score': a['score'].tolist(), 'p': a['probability'].tolist(),"
+        " 'flag': a['flagged'].tolist(), 'score_df': b['score'].tolist()}))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    out = subprocess.run(
+        [sys.executable, "-c", code, model_uri, str(tmp_path / "X.npy")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+
+    entry = next(iter(ProbeBundle.load(result.bundle_dir)))
+    expected = entry.score(torch.from_numpy(X)).double().numpy()
+    np.testing.assert_allclose(got["score"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["score_df"], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got["p"], entry.calibrate(torch.from_numpy(expected)).numpy(), rtol=1e-5, atol=1e-6
+    )
+    assert got["flag"] == [bool(s > entry.threshold_for().value) for s in expected]
+
+
+def test_pull_downloads_a_verified_bundle(server_run, tmp_path: Path) -> None:
+    from probes.package import ProbeBundle
+    from probes.track import pull
+
+    result, uri = server_run
+    bundle_dir = pull(result.tracking.run_id, tmp_path / "pulled", tracking_uri=uri)
+    pulled = ProbeBundle.load(bundle_dir)
+    original = json.loads((result.bundle_dir / "manifest.json").read_text())
+    assert (
+        json.loads((bundle_dir / "manifest.json").read_text())["tensors_sha256"] == original["tensors_sha256"]
+    )
+    assert pulled.names == ProbeBundle.load(result.bundle_dir).names
+
+
+def test_local_sqlite_store_is_the_default(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = _run(
+        tmp_path, model_dir, ["tracking.enabled=true", "tracking.log_model=false", "evaluation.bootstrap=20"]
+    )
+    assert result.tracking.tracked, result.tracking.message
+    assert result.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient(result.tracking.tracking_uri)
+    run = client.get_run(result.tracking.run_id)
+    assert run.data.params["probe.kind"] == "logistic"
+    assert run.data.metrics["test_auroc"] == pytest.approx(result.test.auroc)
+    assert "report.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # Tracking left no global state behind: MLflow's default still follows the current directory.
+    import mlflow
+
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{other / 'mlflow.db'}"
+
+
+def test_unreachable_server_keeps_local_results(tmp_path: Path, model_dir: Path) -> None:
+    from probes.config import load_config
+    from probes.pipeline import run
+
+    closed = f"http://127.0.0.1:{_free_port()}"
+    overrides = [
+        "layers=[2]",
+        "evaluation.bootstrap=20",
+        "tracking.enabled=true",
+        f"tracking.tracking_uri={closed}",
+    ]
+    path = write_tiny_project(tmp_path, model_dir)
+    start = time.perf_counter()
+    result = run(load_config(path, overrides))
+    assert result.timings["track"] < 15
+    assert not result.tracking.tracked
+    assert "NOT TRACKED" in result.tracking.message and closed in result.tracking.message
+    assert (result.run_dir / "report.json").is_file() and (
+        result.run_dir / "bundle" / "manifest.json"
+    ).is_file()
+    assert json.loads((result.run_dir / "tracking.json").read_text())["tracked"] is False
+    assert time.perf_counter() - start < 120
