@@ -12,8 +12,9 @@ reader never sees half a file. A shard counts only once the manifest lists it: a
 shard and updating the manifest leaves an orphan that the resumed run simply overwrites. Rows of a shard are
 in the order they were computed (length-sorted), not dataset order; ``row_index`` maps them back.
 
-One process writes an entry at a time (there is no lock); two runs of the same collection would compute the
-same rows in the same order, so they do not corrupt each other, but they duplicate the work.
+There is no lock: run one collection per entry at a time. Concurrent runs duplicate work and may leave an
+entry that fails validation; that raises :class:`~probes.errors.CacheError` (delete the folder, rerun) and
+never returns wrong rows silently.
 """
 
 from __future__ import annotations
