@@ -69,6 +69,13 @@ def measure(name: str) -> dict[str, float]:
 
     ds = load_dataset(DATASETS / name)
     out: dict[str, float] = {}
+    if all(ex.messages is not None and ex.target is not None for ex in ds.examples):
+        # Where the span sits: the length of everything before it, used directly as a score. Far from 0.5
+        # would mean a probe could read the label off position (e.g. position embeddings) alone.
+        from probes.evaluate.metrics import auroc
+
+        before = [sum(len(m.content) for m in ex.messages[:-1]) for ex in ds.examples]
+        out["context_chars_before_span_auroc"] = round(float(auroc(ds.labels, before)), 4)
     for split_name, kwargs in SPLITS[name]:
         parts = ds.split(seed=SEED, **kwargs)
         train, test = parts["train"], parts["test"]

@@ -496,6 +496,72 @@ WARMUPS: list[tuple[str, str]] = [
 ]
 
 
+# Neutral lead-ins shared by both conditions. Role-play prompts are longer than genuine ones, so without
+# padding the reply would sit later in the sequence in role-play rows and its *position* alone would give the
+# label away (measured: a MiniLM probe on layer 0, the embeddings, reached AUROC 1.0). Each pair is padded
+# with these sentences, mostly on its shorter side, until the contexts before the reply match in length.
+LEAD_INS: list[str] = [
+    "Okay.",
+    "Right, here goes.",
+    "Okay, new topic.",
+    "I'll get straight to it.",
+    "Quick one before I head out.",
+    "First message of the day, so bear with me.",
+    "I'm typing this on my phone, so sorry for any typos.",
+    "I've been meaning to send this for a while.",
+    "So, something a little different from my usual questions.",
+    "I'm on a break at work, so I'll keep this short.",
+    "I hope this comes through; my connection keeps dropping tonight.",
+    "I had a free half hour after lunch, so here I am.",
+    "My notes are a mess, so I'm writing this straight from memory.",
+    "This doesn't follow on from anything we talked about earlier.",
+    "I went back and forth about how to word this, then gave up and just wrote it.",
+    "It's been a long week, and I wanted to get this written down before the weekend.",
+    "I'm sitting in the train station waiting for a delayed train, so I finally have time for this.",
+    "I wrote a longer version of this earlier and deleted it, so this is the short one.",
+]
+
+
+def context_chars(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def pad_to(messages: list[dict[str, str]], target: int, rng: random.Random) -> list[dict[str, str]]:
+    """Prepend lead-ins to the last user message, each time the one that brings the context length closest to
+    ``target``, while that still helps; the residual differences then fall on both sides of zero."""
+    pool = LEAD_INS[:]
+    rng.shuffle(pool)
+    chosen: list[str] = []
+    while pool:
+        deficit = target - context_chars(messages) - sum(len(c) + 1 for c in chosen)
+        pick = min(pool, key=lambda c: abs(deficit - len(c) - 1))
+        if abs(deficit - len(pick) - 1) >= abs(deficit):
+            break
+        pool.remove(pick)
+        chosen.append(pick)
+    if not chosen:
+        return messages
+    last = messages[-1]
+    return [*messages[:-1], {"role": last["role"], "content": " ".join(chosen) + " " + last["content"]}]
+
+
+def match_lengths(
+    a: list[dict[str, str]], b: list[dict[str, str]], rng: random.Random
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Pad two contexts to (nearly) the same length. Half the time the longer one first gets one lead-in of its
+    own, so lead-ins appear in both conditions and their presence says nothing about the label."""
+    if rng.random() < 0.5:
+        if context_chars(a) >= context_chars(b):
+            a = pad_to(a, context_chars(a) + rng.choice([8, 20, 45]), rng)
+        else:
+            b = pad_to(b, context_chars(b) + rng.choice([8, 20, 45]), rng)
+    if context_chars(a) < context_chars(b):
+        a = pad_to(a, context_chars(b), rng)
+    else:
+        b = pad_to(b, context_chars(a), rng)
+    return a, b
+
+
 @dataclass(frozen=True)
 class Frame:
     name: str
@@ -543,7 +609,12 @@ FRAME_PAIRS: list[tuple[Frame, Frame]] = [
         ),
     ),
     (
-        Frame("g_confide", "genuine", None, "I need to be straight with you about something. {line}"),
+        Frame(
+            "g_confide",
+            "genuine",
+            None,
+            "I need to be straight with you about something, and it's about you, so please hear me out. {line}",
+        ),
         Frame(
             "r_acting",
             "roleplay",
@@ -563,7 +634,9 @@ FRAME_PAIRS: list[tuple[Frame, Frame]] = [
         ),
     ),
     (
-        Frame("g_heads_up", "genuine", None, "Heads-up, and this concerns you directly: {line}"),
+        Frame(
+            "g_heads_up", "genuine", None, "Heads-up, and this one concerns you directly, nobody else: {line}"
+        ),
         Frame(
             "r_tabletop",
             "roleplay",
@@ -573,7 +646,12 @@ FRAME_PAIRS: list[tuple[Frame, Frame]] = [
         ),
     ),
     (
-        Frame("g_not_a_story", "genuine", None, "This is about you, not a story or a hypothetical. {line}"),
+        Frame(
+            "g_not_a_story",
+            "genuine",
+            None,
+            "This is about you, not a story or a hypothetical, and I'm not asking you to play anyone. {line}",
+        ),
         Frame(
             "r_quote",
             "roleplay",
@@ -583,7 +661,9 @@ FRAME_PAIRS: list[tuple[Frame, Frame]] = [
         ),
     ),
     (
-        Frame("g_late_night", "genuine", None, "It's late and I'm just going to say it. {line}"),
+        Frame(
+            "g_late_night", "genuine", None, "It's late, I can't sleep, and I'm just going to say it. {line}"
+        ),
         Frame(
             "r_radio_play",
             "roleplay",
@@ -642,9 +722,13 @@ def build_rows(seed: int = SEED) -> list[dict[str, object]]:
                 members = [(genuine, "genuine"), (roleplay, "roleplay")]
                 if rng.random() < 0.5:  # row order carries no label information
                     members.reverse()
-                for frame, condition in members:
-                    messages = render(frame, line, character, rng, warmup)
-                    messages.append({"role": "assistant", "content": reply})
+                contexts = match_lengths(
+                    render(members[0][0], line, character, rng, warmup),
+                    render(members[1][0], line, character, rng, warmup),
+                    rng,
+                )
+                for (frame, condition), context in zip(members, contexts, strict=True):
+                    messages = [*context, {"role": "assistant", "content": reply}]
                     rows.append(
                         {
                             "id": f"{group}-{condition}",
@@ -689,26 +773,39 @@ CARD = {
         "emotion, each used with 4 of the 8 frame pairs (round robin, offset per emotion, so frames are "
         "evenly spread across emotions); each use draws a different reply from 13 hand-written replies per "
         "emotion, a role-play character (12 characters, all AI assistants, robots or computers, so being an "
-        "AI is common to both conditions) and, for g_after_task, a benign warm-up exchange. A group is one "
-        "pair (one situation x one frame pair); both members share the situation line and the reply."
+        "AI is common to both conditions) and, for g_after_task, a benign warm-up exchange. Then both "
+        "contexts are padded to the same length with neutral lead-in sentences (LEAD_INS, shared by both "
+        "conditions; see confounds). A group is one pair (one situation x one frame pair); both members "
+        "share the situation line and the reply."
     ),
     "confounds": [
         "Framing words give the condition away in the full text: role-play prompts contain 'story', "
         "'character', 'game', 'scene', 'novel' and a character name; genuine prompts contain none of these "
         "(except g_not_a_story, which denies being a story). A bag-of-words classifier on the full chat "
         "therefore separates the classes almost perfectly, even on held-out frames (measured: TF-IDF + "
-        "logistic regression AUROC 0.9998 with frame pairs p3 and p6 held out, 1.0 with the system-message "
+        "logistic regression AUROC 1.0 with frame pairs p3 and p6 held out, 1.0 with the system-message "
         "pair p1 held out; see baselines). That is expected and is not a flaw of the set: the question is "
         "whether the model's representation of the reply carries the condition. The span-only baseline is "
         "the relevant control (0.5 by construction): a probe that reads only the reply's positions beats it "
         "only by using what the model carries over from the context.",
         "The detected span (the reply) is identical within each pair, so any text-only classifier of the "
         "span alone is at chance by construction.",
-        "Token position and length differ: role-play prompts are longer, and g_after_task/g_system/"
-        "r_persona_system add turns. Probes that read the reply with pooling over positions may pick up "
-        "distance-from-start; compare pooling modes and check per-frame results.",
-        "g_system and r_persona_system differ only in the system message (the user turn is the bare line): "
-        "the hardest pair; g_plain is the bare line with no system message at all.",
+        "Position of the reply: role-play frames are longer than genuine ones, so unpadded the reply sits "
+        "later in role-play rows and position alone gives the label away (measured on all-MiniLM-L6-v2 "
+        "before padding: a logistic probe on layers.0, the embeddings, reached test AUROC 1.0 on held-out "
+        "frames). Every pair is therefore padded with neutral lead-in sentences from one pool shared by both "
+        "conditions until the contexts before the reply match within a few characters (see "
+        "baselines.context_chars_before_span_auroc, about 0.5). After padding the layers.0 probe is at "
+        "chance (0.525 mean-pooled, 0.517 last-token, held-out frames). Token counts still differ by a few "
+        "tokens per pair (tokenizers split names and quotes differently), with no consistent sign; chat "
+        "templates add markup for the extra system/warm-up turns of g_system, r_persona_system and "
+        "g_after_task. Genuine rows carry more lead-in sentences on average than role-play rows.",
+        "On a bidirectional encoder (MiniLM) the reply's tokens attend to the whole chat, so from layers.1 "
+        "on a probe on the reply reads the framing words directly (measured: test AUROC 1.0 on held-out "
+        "frames at layers 1-6). The informative setting is a causal decoder, where the reply can only carry "
+        "what the model computed about the preceding context.",
+        "g_system and r_persona_system differ only in the system message (the user turn is the bare line "
+        "plus lead-ins): the hardest pair; g_plain is the bare line with no system message at all.",
         "Replies are shared across situations of an emotion (13 per emotion), so emotion itself is trivially "
         "decodable from the span; the label is orthogonal to emotion (every emotion is balanced 50/50).",
         "The role-played characters are all artificial (assistants, robots, computers); results say nothing "
@@ -730,7 +827,9 @@ CARD = {
         "p3 and p6, 25% of rows) sends those groups to test; the other groups are split by group. Because "
         "every pair uses one fixed (genuine, role-play) frame pair, holding out both frames of a frame pair "
         "never splits a group. Holding out a genuine frame without its role-play partner would move that "
-        "partner's rows to test as well (the split is by group)."
+        "partner's rows to test as well (the split is by group). Situations are shared across frame pairs "
+        "(each is used with four), so a frame holdout tests unseen framings of seen situations; add "
+        "holdout={'situation': [...]} to test unseen situations too."
     ),
     "baselines": {},
 }

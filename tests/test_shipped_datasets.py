@@ -11,6 +11,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from probes import load_dataset
@@ -165,6 +166,21 @@ def test_frame_holdout_keeps_groups_whole(folder: Path, holdout: list[str]) -> N
     # Holding out whole frame pairs puts exactly their rows in test: nothing else is dragged along.
     parts = ds.split({"train": 1.0, "test": 0.0}, holdout={"frame": holdout}, seed=0)
     assert set(parts["test"].conditions("frame")) == set(holdout)
+
+
+@pytest.mark.parametrize("folder", [EMOTION, HONESTY], ids=lambda p: p.name)
+def test_position_of_the_span_carries_no_label(folder: Path) -> None:
+    # Unmatched context lengths let a probe read the label off position embeddings alone.
+    from probes.evaluate.metrics import auroc
+
+    ds = load_dataset(folder)
+    before = np.array([sum(len(m.content) for m in ex.messages[:-1]) for ex in ds.examples])
+    assert abs(auroc(ds.labels, before) - 0.5) < 0.05
+    by_group: dict[str, dict[int, int]] = defaultdict(dict)
+    for group, label, n in zip(ds.groups, ds.labels.tolist(), before.tolist(), strict=True):
+        by_group[group][label] = n
+    diffs = np.array([v[1] - v[0] for v in by_group.values()])
+    assert abs(diffs.mean()) < 3  # characters; no consistent sign within pairs
 
 
 def test_span_only_baseline_is_chance_and_full_text_is_not(emotion) -> None:
