@@ -186,7 +186,7 @@ class SplitConfig(_Strict):
 
     train: float = Field(0.6, gt=0, lt=1)
     val: float = Field(0.2, gt=0, lt=1)
-    test: float = Field(0.2, gt=0, lt=1)
+    test: float = Field(0.2, ge=0, lt=1, description="Ignored with a holdout: test is then the held-out groups.")
     holdout: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Condition values kept out of train/val and used only for test, e.g. {frame: [stage_play]}.",
@@ -202,6 +202,8 @@ class SplitConfig(_Strict):
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1 (got {total:g})")
+        if self.test == 0 and not self.holdout:
+            raise ValueError("test is 0 but no holdout is given: nothing would be left to test on")
         return self
 
 

@@ -145,7 +145,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
 
     root = tmp_path_factory.mktemp("project")
     cfg = load_config(
-        write_tiny_project(root, tiny_model_dir), ["evaluation.plots=true", "evaluation.text_baselines=true"]
+        write_tiny_project(root, tiny_model_dir),
+        ["evaluation.plots=true", "evaluation.text_baselines=true", "evaluation.generalization_matrix=true"],
     )
     return run(cfg)
 
@@ -202,6 +203,14 @@ def test_eval_sets_and_baselines_are_reported(tiny_run) -> None:
     assert fresh.auroc > 0.8
     assert tiny_run.test.text_baseline_auroc is not None
     assert "text" in tiny_run.baselines
+
+
+def test_generalization_matrix_is_trained_and_plotted(tiny_run) -> None:
+    g = tiny_run.generalization
+    assert g is not None and g.names == ["moods", "fresh"] and g.layer == tiny_run.layer
+    assert min(min(row) for row in g.auroc) > 0.7  # the same mood words in both sets
+    assert (tiny_run.run_dir / "plots" / "generalization.png").is_file()
+    assert json.loads((tiny_run.run_dir / "report.json").read_text())["generalization"]["names"] == g.names
 
 
 def test_result_table_renders(tiny_run) -> None:

@@ -217,26 +217,39 @@ def test_pull_downloads_a_verified_bundle(server_run, tmp_path: Path) -> None:
 
 
 def test_local_sqlite_store_is_the_default(
-    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    server_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """With no tracking URI anywhere, runs go to MLflow's default store: ./mlflow.db in the current directory."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
+    from probes.track import log_run
+
+    result, _ = server_run
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    result = _run(
-        tmp_path, model_dir, ["tracking.enabled=true", "tracking.log_model=false", "evaluation.bootstrap=20"]
+    outcome = log_run(
+        run_name="local",
+        experiment="probes-local",
+        tracking_uri=None,
+        params=result.config.flat(),
+        layer_metrics=[(1, {"sweep_val_auroc": 0.6}), (2, {"sweep_val_auroc": 0.7})],
+        metrics={"test_auroc": result.test.auroc},
+        tags={"probes.layer": result.layer},
+        run_dir=result.run_dir,
+        bundle_dir=result.bundle_dir,
+        log_model=False,
     )
-    assert result.tracking.tracked, result.tracking.message
-    assert result.tracking.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert outcome.tracked, outcome.message
+    assert outcome.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert (tmp_path / "mlflow.db").is_file()
-    client = MlflowClient(result.tracking.tracking_uri)
-    run = client.get_run(result.tracking.run_id)
+    client = MlflowClient(outcome.tracking_uri)
+    run = client.get_run(outcome.run_id)
     assert run.data.params["probe.kind"] == "logistic"
     assert run.data.metrics["test_auroc"] == pytest.approx(result.test.auroc)
-    assert "report.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "sweep_val_auroc")] == [1, 2]
+    assert {"report.json", "bundle"} <= {a.path for a in client.list_artifacts(outcome.run_id)}
     # Tracking left no global state behind: MLflow's default still follows the current directory.
-    import mlflow
-
     assert "MLFLOW_TRACKING_URI" not in os.environ
     other = tmp_path / "elsewhere"
     other.mkdir()
