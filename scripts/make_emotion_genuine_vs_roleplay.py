@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -501,29 +502,41 @@ WARMUPS: list[tuple[str, str]] = [
 # label away (measured: a MiniLM probe on layer 0, the embeddings, reached AUROC 1.0). Each pair is padded
 # with these sentences, mostly on its shorter side, until the contexts before the reply match in length.
 LEAD_INS: list[str] = [
+    # Time- and place-neutral, so they never contradict a frame ("It's late, I can't sleep...").
     "Okay.",
     "Right, here goes.",
     "Okay, new topic.",
+    "I'll keep this short.",
     "I'll get straight to it.",
-    "Quick one before I head out.",
-    "First message of the day, so bear with me.",
-    "I'm typing this on my phone, so sorry for any typos.",
+    "Bear with me for a second.",
     "I've been meaning to send this for a while.",
+    "I'm typing this on my phone, so sorry for any typos.",
+    "I hope this comes through; my connection keeps dropping.",
     "So, something a little different from my usual questions.",
-    "I'm on a break at work, so I'll keep this short.",
-    "I hope this comes through; my connection keeps dropping tonight.",
-    "I had a free half hour after lunch, so here I am.",
+    "There's no easy way to lead into this, so I won't try.",
     "My notes are a mess, so I'm writing this straight from memory.",
     "This doesn't follow on from anything we talked about earlier.",
+    "I had to think for a while about where to even start with this one.",
     "I went back and forth about how to word this, then gave up and just wrote it.",
-    "It's been a long week, and I wanted to get this written down before the weekend.",
-    "I'm sitting in the train station waiting for a delayed train, so I finally have time for this.",
     "I wrote a longer version of this earlier and deleted it, so this is the short one.",
+    "I'm writing this in one go without editing it, so please forgive the rough edges.",
+    "I've had this sitting in my drafts for days, rewriting it over and over, and I'm finally sending it.",
 ]
 
 
-def context_chars(messages: list[dict[str, str]]) -> int:
-    return sum(len(m["content"]) for m in messages)
+_UNIT = re.compile(r"\w+|[^\w\s]")
+
+
+def units(text: str) -> int:
+    """Length in words and punctuation marks: a tokenizer-agnostic proxy for the token count of
+    large-vocabulary tokenizers (measured on MiniLM's WordPiece: token-count AUROC 0.48 after matching on
+    this, against 0.69 after matching on characters, because role-play frames hold more names and quotes
+    per character)."""
+    return len(_UNIT.findall(text))
+
+
+def context_units(messages: list[dict[str, str]]) -> int:
+    return sum(units(m["content"]) for m in messages)
 
 
 def pad_to(messages: list[dict[str, str]], target: int, rng: random.Random) -> list[dict[str, str]]:
@@ -533,9 +546,9 @@ def pad_to(messages: list[dict[str, str]], target: int, rng: random.Random) -> l
     rng.shuffle(pool)
     chosen: list[str] = []
     while pool:
-        deficit = target - context_chars(messages) - sum(len(c) + 1 for c in chosen)
-        pick = min(pool, key=lambda c: abs(deficit - len(c) - 1))
-        if abs(deficit - len(pick) - 1) >= abs(deficit):
+        deficit = target - context_units(messages) - sum(units(c) for c in chosen)
+        pick = min(pool, key=lambda c: abs(deficit - units(c)))
+        if abs(deficit - units(pick)) >= abs(deficit):
             break
         pool.remove(pick)
         chosen.append(pick)
@@ -551,14 +564,14 @@ def match_lengths(
     """Pad two contexts to (nearly) the same length. Half the time the longer one first gets one lead-in of its
     own, so lead-ins appear in both conditions and their presence says nothing about the label."""
     if rng.random() < 0.5:
-        if context_chars(a) >= context_chars(b):
-            a = pad_to(a, context_chars(a) + rng.choice([8, 20, 45]), rng)
+        if context_units(a) >= context_units(b):
+            a = pad_to(a, context_units(a) + rng.choice([2, 5, 10]), rng)
         else:
-            b = pad_to(b, context_chars(b) + rng.choice([8, 20, 45]), rng)
-    if context_chars(a) < context_chars(b):
-        a = pad_to(a, context_chars(b), rng)
+            b = pad_to(b, context_units(b) + rng.choice([2, 5, 10]), rng)
+    if context_units(a) < context_units(b):
+        a = pad_to(a, context_units(b), rng)
     else:
-        b = pad_to(b, context_chars(a), rng)
+        b = pad_to(b, context_units(a), rng)
     return a, b
 
 
@@ -794,12 +807,17 @@ CARD = {
         "later in role-play rows and position alone gives the label away (measured on all-MiniLM-L6-v2 "
         "before padding: a logistic probe on layers.0, the embeddings, reached test AUROC 1.0 on held-out "
         "frames). Every pair is therefore padded with neutral lead-in sentences from one pool shared by both "
-        "conditions until the contexts before the reply match within a few characters (see "
-        "baselines.context_chars_before_span_auroc, about 0.5). After padding the layers.0 probe is at "
-        "chance (0.525 mean-pooled, 0.517 last-token, held-out frames). Token counts still differ by a few "
-        "tokens per pair (tokenizers split names and quotes differently), with no consistent sign; chat "
-        "templates add markup for the extra system/warm-up turns of g_system, r_persona_system and "
-        "g_after_task. Genuine rows carry more lead-in sentences on average than role-play rows.",
+        "conditions until the contexts before the reply have the same number of words and punctuation "
+        "marks, a proxy for the token count of large-vocabulary tokenizers (see "
+        "baselines.context_tokens_before_span_auroc_minilm, about 0.5). After padding the MiniLM layers.0 "
+        "probe is at chance (0.515 mean-pooled and last-token, held-out frames). Residual: character counts "
+        "are not matched (role-play contexts are shorter in characters, AUROC 0.35), so a character-level "
+        "tokenizer such as stories260K's 512-token vocabulary still sees role-play contexts as longer "
+        "(token-count AUROC about 0.13); models with rotary position encoding (Llama, Qwen, Mistral, Gemma) "
+        "carry absolute position only indirectly, but check a layers.0 probe on such models before trusting "
+        "a result. Chat templates add markup for the extra system/warm-up turns of g_system, "
+        "r_persona_system and g_after_task. Genuine rows carry more lead-in sentences on average than "
+        "role-play rows.",
         "On a bidirectional encoder (MiniLM) the reply's tokens attend to the whole chat, so from layers.1 "
         "on a probe on the reply reads the framing words directly (measured: test AUROC 1.0 on held-out "
         "frames at layers 1-6). The informative setting is a causal decoder, where the reply can only carry "
