@@ -823,7 +823,7 @@ CARD = {
         "frames at layers 1-6). The informative setting is a causal decoder, where the reply can only carry "
         "what the model computed about the preceding context.",
         "g_system and r_persona_system differ only in the system message (the user turn is the bare line "
-        "plus lead-ins): the hardest pair; g_plain is the bare line with no system message at all.",
+        "plus lead-ins): the hardest pair; g_plain is the line (plus lead-ins) with no system message at all.",
         "Replies are shared across situations of an emotion (13 per emotion), so emotion itself is trivially "
         "decodable from the span; the label is orthogonal to emotion (every emotion is balanced 50/50).",
         "The role-played characters are all artificial (assistants, robots, computers); results say nothing "
