@@ -93,7 +93,7 @@ class _Context:
     start: int  # column index of the first new position
     n_new: int
     ids: torch.Tensor | None  # (B, n_new)
-    valid: torch.Tensor  # (B, n_new) bool: False on left padding
+    valid: torch.Tensor | None  # (B, n_new) bool, False on left padding; None: every position is real
     is_prompt: bool
     score: bool
     parts: list[torch.Tensor | None]
@@ -323,10 +323,9 @@ class Monitor:
             self._reset(batch)
         n_new = seq - past if seq > past else seq
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.ndim == 2:
-            valid = mask[:, -n_new:].bool()
-        else:
-            valid = torch.ones(batch, n_new, dtype=torch.bool, device=self._device)
+        # Only a prompt carries padding; a decoding step's new token is always real (generate extends the
+        # mask with ones), which lets the per-token update skip every masking op.
+        valid = mask[:, -n_new:].bool() if new_sequence and mask is not None and mask.ndim == 2 else None
         self._ctx = _Context(
             start=self._total if not new_sequence else 0,
             n_new=n_new,
@@ -369,16 +368,18 @@ class Monitor:
                 self._trace._append(_Step(ctx.start, ctx.ids, ctx.valid, None, None, None, ctx.is_prompt))
                 return
             raw = ctx.parts[0] if len(ctx.parts) == 1 else torch.cat(ctx.parts, dim=-1)  # type: ignore[arg-type]
-            smoothed, firing = [], []
-            for t in range(ctx.n_new):  # one iteration per decoding step; the prompt only in the prefill
-                s, f = self._update(raw[:, t], ctx.valid[:, t], ctx.start + t)
-                smoothed.append(s)
-                firing.append(f)
-            sm = smoothed[0][:, None] if ctx.n_new == 1 else torch.stack(smoothed, 1)
-            fi = firing[0][:, None] if ctx.n_new == 1 else torch.stack(firing, 1)
+            if ctx.n_new == 1:  # a decoding step: the hot path
+                s, f = self._update(raw[:, 0], None if ctx.valid is None else ctx.valid[:, 0], ctx.start)
+                sm, fi = s[:, None], f[:, None]
+            else:  # a prompt (or a chunk): one update per position, in order
+                steps = [
+                    self._update(raw[:, t], None if ctx.valid is None else ctx.valid[:, t], ctx.start + t)
+                    for t in range(ctx.n_new)
+                ]
+                sm, fi = torch.stack([a for a, _ in steps], 1), torch.stack([b for _, b in steps], 1)
             self._trace._append(_Step(ctx.start, ctx.ids, ctx.valid, raw, sm, fi, ctx.is_prompt))
             if callable(self.action):
-                self._dispatch_callbacks()
+                self._dispatch_callbacks(fi, ctx.start)
         except Exception as exc:  # noqa: BLE001 - routed by on_error
             self._fail(exc)
 
@@ -388,12 +389,11 @@ class Monitor:
         self._disabled = False
         self._smoothed = torch.zeros(batch, p, device=dev)
         self._seen = torch.zeros(batch, 1, dtype=torch.bool, device=dev)
+        self._all_seen = False  # host-side: once every row has a smoothed value the EMA needs no mask
         self._count = torch.zeros(batch, 1, device=dev)
         self._buffer = torch.zeros(batch, p, self.window, device=dev) if self.smoothing == "rolling" else None
         self._run = torch.zeros(batch, p, dtype=torch.long, device=dev)
         self._fired = torch.zeros(batch, dtype=torch.bool, device=dev)
-        self._fire_position = torch.full((batch,), -1, dtype=torch.long, device=dev)
-        self._fire_probe = torch.full((batch,), -1, dtype=torch.long, device=dev)
         self._stop = torch.zeros(batch, dtype=torch.bool, device=dev)
         self._callback_seen = torch.zeros(batch, dtype=torch.bool, device=dev)
         self._latest: StepScores | None = None
@@ -407,49 +407,59 @@ class Monitor:
         )
 
     def _update(
-        self, x: torch.Tensor, valid: torch.Tensor, position: int
+        self, x: torch.Tensor, valid: torch.Tensor | None, position: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Advance every row's state by one position; rows where ``valid`` is False are left untouched."""
-        v = valid[:, None]
+        """Advance every row's state by one position; rows where ``valid`` is False are left untouched.
+
+        ``valid=None`` (every decoding step) means all rows are real tokens: no masking ops at all, which
+        keeps a step at a handful of tiny kernels.
+        """
+        v = None if valid is None else valid[:, None]
         if self.smoothing == "ema":
-            new = torch.where(self._seen, self.alpha * x + (1.0 - self.alpha) * self._smoothed, x)
+            # Same arithmetic as probes.train.aggregate.ema_step, so batch and stream agree bit for bit.
+            ema = self.alpha * x + (1.0 - self.alpha) * self._smoothed
+            new = ema if self._all_seen else torch.where(self._seen, ema, x)
         elif self.smoothing == "rolling":
             assert self._buffer is not None
             shifted = torch.cat([self._buffer[..., 1:], x[..., None]], dim=-1)
-            self._buffer = torch.where(v[..., None], shifted, self._buffer)
-            n = (self._count + 1).clamp(max=self.window)
-            new = self._buffer.sum(-1) / n
+            self._buffer = shifted if v is None else torch.where(v[..., None], shifted, self._buffer)
+            self._count = self._count + (1.0 if v is None else v)
+            new = self._buffer.sum(-1) / self._count.clamp(max=self.window)
         else:
             new = x
-        self._smoothed = torch.where(v, new, self._smoothed)
-        self._seen = self._seen | v
-        self._count = self._count + v
+        if v is None:
+            self._smoothed = new
+            self._all_seen = True
+        else:
+            self._smoothed = torch.where(v, new, self._smoothed)
+            self._seen = self._seen | v
         above = self._smoothed > self._threshold_t
-        self._run = torch.where(v, torch.where(above, self._run + 1, 0), self._run)
-        firing = (self._run >= self.patience) & v
-        any_firing = firing.any(dim=1)
-        newly = any_firing & ~self._fired
-        self._fire_position = torch.where(newly, position, self._fire_position)
-        self._fire_probe = torch.where(newly, firing.long().argmax(dim=1), self._fire_probe)
-        self._fired = self._fired | any_firing
+        if self.patience == 1:
+            firing = above if v is None else above & v
+        else:
+            run = (self._run + 1) * above  # consecutive tokens above the threshold
+            self._run = run if v is None else torch.where(v, run, self._run)
+            firing = self._run >= self.patience if v is None else (self._run >= self.patience) & v
+        self._fired = self._fired | firing.any(dim=1)
         if self.action == "stop":
             self._stop = self._fired
         self._latest = StepScores(x, self._smoothed, firing, self._fired, position)
         return self._smoothed, firing
 
-    def _dispatch_callbacks(self) -> None:
+    def _dispatch_callbacks(self, firing: torch.Tensor, start: int) -> None:
         newly = self._fired & ~self._callback_seen
         if not bool(newly.any()):  # the one host sync a callable action costs
             return
         self._callback_seen = self._callback_seen | newly
         assert callable(self.action)
         for row in newly.nonzero().flatten().tolist():
-            probe = int(self._fire_probe[row])
+            t = int(firing[row].any(dim=-1).long().argmax())  # first position of this step that fired
+            probe = int(firing[row, t].long().argmax())
             event = FireEvent(
                 row=row,
-                position=int(self._fire_position[row]),
+                position=start + t,
                 probe=self.probe_names[probe],
-                smoothed=float(self._smoothed[row, probe]),
+                smoothed=float(self._trace._steps[-1].smoothed[row, t, probe]),  # type: ignore[index,union-attr]
                 threshold=self.thresholds[probe],
             )
             if self.action(event):
@@ -541,6 +551,7 @@ class Monitor:
             if self.action == "stop" and self.score_prompt and bool(self._stop[0]):
                 return
             ids = input_ids[0].tolist()
+            was_fired = bool(self._fired[0])
             for _ in range(max_new_tokens):
                 logits = out.logits[:, -1].float()
                 if do_sample:
@@ -558,7 +569,8 @@ class Monitor:
                 ids.append(token_id)
                 text = tokenizer.decode(ids, skip_special_tokens=True)[len(before) :]
                 latest = self._latest
-                fired_now = bool(latest.fired[0]) and int(self._fire_position[0]) == latest.position
+                fired_now = bool(latest.fired[0]) and not was_fired
+                was_fired = was_fired or fired_now
                 yield StreamEvent(
                     token_id=token_id,
                     text=text,

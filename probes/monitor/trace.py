@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 class _Step:
     start: int  # column index of the first position of this step
     ids: torch.Tensor | None  # (B, n)
-    valid: torch.Tensor  # (B, n) bool
+    valid: torch.Tensor | None  # (B, n) bool; None: all real tokens
     raw: torch.Tensor | None  # (B, n, P); None when the step was not scored (e.g. an unscored prompt)
     smoothed: torch.Tensor | None
     firing: torch.Tensor | None  # (B, n, P) bool
@@ -88,7 +88,15 @@ class Trace:
             int, tuple[int, bool, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         ] = {}
         for step in self._steps:
-            valid = step.valid.detach().cpu().numpy()
+            if step.valid is not None:
+                valid = step.valid.detach().cpu().numpy()
+            else:
+                n_pos = (
+                    step.raw.shape[1]
+                    if step.raw is not None
+                    else (step.ids.shape[1] if step.ids is not None else 1)
+                )
+                valid = np.ones((b, n_pos), dtype=bool)
             n = valid.shape[1]
             ids = step.ids.detach().cpu().numpy() if step.ids is not None else np.full((b, n), -1)
             if step.raw is not None:

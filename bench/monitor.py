@@ -1,0 +1,217 @@
+"""Overhead of a streaming monitor on ``model.generate``, measured in one run.
+
+    python bench/monitor.py            # ~4-6 minutes on 2 CPU cores
+    python bench/monitor.py --quick    # one repeat of 16 tokens: a smoke test
+
+Variants, each generating exactly ``--new-tokens`` tokens greedily (``min_new_tokens`` pins the length):
+
+``plain``     ``model.generate`` alone (the baseline every ratio is relative to)
+``monitor``   the same call with a :class:`probes.Monitor` attached (3 probes on 2 layers, EMA smoothing,
+              per-row stopping criteria; the threshold is out of reach so every variant makes as many steps)
+``naive``     ``generate(output_hidden_states=True, return_dict_in_generate=True)``, then scoring every
+              step's hidden states afterwards (what one writes without hooks)
+
+Models are random-weight copies built from configs (nothing is downloaded): a GPT-2-small shape
+(12 x 768, vocab 50257) and a SmolLM2-135M-like Llama shape (30 x 576, 9 heads / 3 KV heads, vocab 49152).
+Timings interleave the variants round by round; ratios use each variant's fastest repeat (the least
+disturbed by other jobs on a shared machine), medians are shown too. Peak RSS: the kernel's high-water
+mark is reset before each variant's last repeat (``/proc/self/clear_refs``), so each variant gets its own
+peak in the same process; "peak over start" is what the variant adds on top of the loaded model.
+Ms per generated token = wall time of the whole call (prefill included) / new tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+VARIANTS = ("plain", "monitor", "naive")
+SHAPES = ("gpt2-small", "llama-135m")
+
+
+def build(shape: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    if shape == "gpt2-small":
+        cfg = AutoConfig.for_model(
+            "gpt2", n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024
+        )
+    else:
+        cfg = AutoConfig.for_model(
+            "llama",
+            num_hidden_layers=30,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+        )
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 1, 2
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def make_bundle(model):
+    import torch
+
+    from probes.package import ProbeBundle
+    from probes.train import LogisticProbe
+
+    d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
+    g = torch.Generator().manual_seed(0)
+
+    def probe() -> LogisticProbe:
+        coef = torch.randn(d, generator=g) / d**0.5
+        return LogisticProbe().load_state_tensors(
+            {"coef": coef, "intercept": torch.zeros(1), "mean": torch.zeros(d), "scale": torch.ones(d),
+             "C": torch.ones(1, dtype=torch.float64)}
+        )  # fmt: skip
+
+    mid, late = n_layers // 2, n_layers - 2
+    bundle = ProbeBundle.from_probe(probe(), model=model, layer=mid, name="a", threshold=1e9)
+    bundle.add(probe(), layer=mid, name="b", threshold=1e9).add(probe(), layer=late, name="c", threshold=1e9)
+    return bundle, (mid, late)
+
+
+def inputs(batch: int, prompt_len: int):
+    import torch
+
+    g = torch.Generator().manual_seed(batch)
+    ids = torch.randint(3, 1000, (batch, prompt_len), generator=g)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):  # left padding of varying length, as in a real batch
+        pad = row % 4 * 3
+        ids[row, :pad], mask[row, :pad] = 0, 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def run_variant(variant: str, model, bundle, layers, enc, new_tokens: int) -> None:
+    import torch
+
+    kw: dict[str, Any] = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
+    with torch.inference_mode():
+        if variant == "plain":
+            model.generate(**enc, **kw)
+        elif variant == "monitor":
+            from probes.monitor import Monitor
+
+            monitor = Monitor(bundle, check_fingerprint=False)
+            with monitor.attach(model):
+                model.generate(**enc, stopping_criteria=monitor.stopping_criteria(), **kw)
+            monitor.fired.any()  # the result a caller reads; included in the timing
+        else:
+            from probes.train.aggregate import ema
+
+            out = model.generate(**enc, output_hidden_states=True, return_dict_in_generate=True, **kw)
+            entries = list(bundle)
+            for entry in entries:
+                layer = entry.layer
+                # hidden_states: one tuple per step, each (embeddings, block 1, ..., block L).
+                h = torch.cat([step[layer][:, -1:] for step in out.hidden_states[1:]], dim=1)
+                w, b = entry.score_form()
+                scores = h.float() @ w + b  # (batch, steps)
+                offsets = torch.arange(0, scores.numel() + 1, scores.shape[1])
+                smoothed = ema(scores.reshape(-1), offsets, 0.3).reshape(scores.shape)
+                (smoothed > entry.thresholds[0].value).any(dim=1)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> int | None:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; returns the current RSS in KiB.
+
+    Linux >= 4.0 resets VmHWM when "5" is written to /proc/self/clear_refs, which gives each variant its
+    own high-water mark inside one process (no model rebuilt per variant)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        return None
+    return _status_kib("VmRSS")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch intra-op threads (1: on a shared 2-core machine OpenMP barriers stall behind other jobs)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.new_tokens = 1, 16
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.new_tokens} new tokens, "
+          f"prompt {args.prompt_len} tokens, {args.repeats} interleaved repeats")  # fmt: skip
+    rows = []
+    for shape in SHAPES:
+        model = build(shape)
+        bundle, layers = make_bundle(model)
+        for batch in (1, 8):
+            enc = inputs(batch, args.prompt_len)
+            for variant in VARIANTS:  # warm-up: allocator, kernels, lazy imports
+                run_variant(variant, model, bundle, layers, enc, 4)
+            times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+            rss: dict[str, tuple[int, int] | None] = {}
+            for rep in range(args.repeats):
+                last = rep == args.repeats - 1
+                for variant in VARIANTS:
+                    start = reset_peak_rss() if last else None
+                    t0 = time.perf_counter()
+                    run_variant(variant, model, bundle, layers, enc, args.new_tokens)
+                    times[variant].append(time.perf_counter() - t0)
+                    if last:
+                        peak = _status_kib("VmHWM")
+                        rss[variant] = (start, peak) if start is not None and peak is not None else None
+            # Other jobs share the CPU: the fastest repeat is the least disturbed one, so ratios use minima.
+            base = min(times["plain"])
+            for variant in VARIANTS:
+                best, med = min(times[variant]), statistics.median(times[variant])
+                n = args.new_tokens
+                rows.append(
+                    (shape, batch, variant, 1000 * best / n, 1000 * med / n, best / base, rss[variant])
+                )
+                print(f"  {shape:11s} batch {batch}  {variant:8s} {1000 * best / n:8.2f} ms/token"
+                      f"  {best / base:5.3f}x", flush=True)  # fmt: skip
+        del model
+
+    print(
+        "\n| model | batch | variant | ms/token (best) | ms/token (median) | vs plain | peak RSS MiB | peak over start MiB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for shape, batch, variant, best, med, ratio, mem in rows:
+        peak = f"{mem[1] / 1024:.0f}" if mem else "-"
+        delta = f"{(mem[1] - mem[0]) / 1024:.1f}" if mem else "-"
+        print(f"| {shape} | {batch} | {variant} | {best:.2f} | {med:.2f} | {ratio:.3f}x | {peak} | {delta} |")
+
+
+if __name__ == "__main__":
+    main()
