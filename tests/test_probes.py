@@ -333,6 +333,10 @@ def test_batched_many_layer_fit_matches_separate_sklearn_fits() -> None:
         assert abs(auc - auc_ref) < 0.01
         assert np.corrcoef(probe.coef_.numpy(), ref.coef_[0] / std)[0, 1] > 0.99
         assert probe.n_iter_ < 1000
+    plain = fit_logistic_many(stack[:, :2000], y[:2000], C=1.0, precondition=False)
+    for a, b in zip(probes, plain, strict=True):  # the preconditioner changes the path, not the optimum
+        assert np.corrcoef(a.coef_.numpy(), b.coef_.numpy())[0, 1] > 0.999
+        assert a.n_iter_ < b.n_iter_
     aucs = [roc_auc_score(y[2000:], p.decision_function(x[2000:])) for p, x in zip(probes, Xs, strict=True)]
     assert aucs == sorted(aucs)  # more signal, better probe: layers were not mixed up
 

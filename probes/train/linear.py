@@ -362,6 +362,7 @@ def fit_logistic_many(
     history: int = 10,
     device: str | torch.device | None = None,
     sample_weight: ArrayLike | None = None,
+    precondition: bool = True,
 ) -> list[LogisticProbe]:
     """Fit one L2 logistic probe per layer at once: ``Xs`` is ``(L, n, d)`` (or a list of ``(n, d)``).
 
@@ -369,7 +370,9 @@ def fit_logistic_many(
     on ``Xs``'s device or ``device``), each with its own curvature history, step size and stopping test.
     The objective is scikit-learn's ``LogisticRegression(C)`` on standardised inputs (mean loss +
     ``||w||^2 / (2 C n)``), stopped like sklearn when the largest gradient entry falls below ``tol``.
-    ``C`` may be one value per problem, which makes a grid over C one batched fit.
+    ``C`` may be one value per problem, which makes a grid over C one batched fit. ``precondition``
+    starts L-BFGS from the exact inverse Hessian at ``w = 0`` (costs ``L * d^2`` memory and one
+    ``n d^2`` Gram matrix per layer; turn it off for very wide models on small memory).
     """
     X = torch.stack([torch.as_tensor(x) for x in Xs]) if isinstance(Xs, list | tuple) else torch.as_tensor(Xs)
     if X.ndim != 3:
@@ -428,6 +431,7 @@ def fit_logistic_many(
         max_iter,
         tol,
         history,
+        precondition,
     )
     out = []
     for layer in range(L):
@@ -462,8 +466,14 @@ def _batched_lbfgs(
     max_iter: int,
     tol: float,
     m: int,
+    precondition: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L-BFGS with Armijo backtracking, vectorised over ``L`` independent logistic problems.
+
+    With ``precondition`` the initial inverse Hessian is the exact inverse Hessian at the start point
+    (``(X~'X~ / 4n + lam I)^-1``, one Cholesky per layer) instead of a multiple of the identity:
+    residual streams are strongly anisotropic, and this cuts the iterations several-fold for the price
+    of one ``n d^2`` Gram matrix per layer (compute-bound, unlike the memory-bound iterations).
 
     The standardisation is applied inside the matvecs (``X~ w = X (w/s) - m.(w/s)``), so ``X`` is never
     copied; each iteration reads ``X`` twice (the direction's logits, then the new gradient) however many
@@ -496,9 +506,30 @@ def _batched_lbfgs(
         return g
 
     theta = torch.zeros(L, p_dim, dtype=X.dtype, device=X.device)
+    p1 = float((sw_n * y).sum())
     if fit_intercept:
-        p1 = float((sw_n * y).sum())
         theta[:, d] = float(np.log(p1 / (1.0 - p1)))
+    chol: torch.Tensor | None = None
+    if precondition:
+        # Hessian at w = 0: p(1-p) X~' W X~ + lam I (the weighted, standardised Gram matrix).
+        chol = torch.empty(L, d, d, dtype=X.dtype, device=X.device)
+        eye = torch.eye(d, dtype=X.dtype, device=X.device)
+        for layer in range(L):  # one layer at a time: a centred copy of all layers would double memory
+            xc = (X[layer] - mean[layer]) / scale[layer]
+            gram = (xc * sw_n[:, None]).T @ xc
+            hess = p1 * (1.0 - p1) * gram + (lam[layer] + 1e-6) * eye
+            chol[layer] = torch.linalg.cholesky(hess)
+    h_b = 1.0 / (p1 * (1.0 - p1))
+
+    def apply_h0(v: torch.Tensor) -> torch.Tensor:
+        """The initial inverse-Hessian approximation applied to ``(L, d+1)`` vectors."""
+        if chol is None:
+            return v
+        out = torch.empty_like(v)
+        out[:, :d] = torch.cholesky_solve(v[:, :d, None], chol).squeeze(-1)
+        out[:, d] = v[:, d] * h_b
+        return out
+
     z = logits(theta)
     f = loss_of(z, theta)
     g = grad_of(z, theta)
@@ -520,7 +551,7 @@ def _batched_lbfgs(
             a = rho[slot] * (S_hist[slot] * q).sum(1)
             q -= a[:, None] * Y_hist[slot]
             alphas.append((slot, a))
-        q *= gamma[:, None]
+        q = apply_h0(q) * gamma[:, None]
         for slot, a in reversed(alphas):
             bcoef = rho[slot] * (Y_hist[slot] * q).sum(1)
             q += (a - bcoef)[:, None] * S_hist[slot]
@@ -530,11 +561,12 @@ def _batched_lbfgs(
         slope = (direction.double() * g.double()).sum(1)
         bad = slope >= 0  # lost descent (rare): restart that problem from steepest descent
         if bool(bad.any()):
-            direction[bad] = -g[bad]
+            direction[bad] = -apply_h0(g)[bad]
             slope = (direction.double() * g.double()).sum(1)
             rho[:, bad] = 0.0
-        # The first step is scaled so steepest descent does not overshoot wildly.
-        t = torch.clamp(1.0 / g.double().norm(dim=1), max=1.0) if it == 0 else torch.ones_like(slope)
+        # Without a preconditioner the first step is steepest descent: scale it so it does not overshoot.
+        first = it == 0 and chol is None
+        t = torch.clamp(1.0 / g.double().norm(dim=1), max=1.0) if first else torch.ones_like(slope)
         t = torch.where(active, t, torch.zeros_like(t))
         wr = direction[:, :d] / scale
         zp = torch.bmm(X, wr.unsqueeze(-1)).squeeze(-1) + (direction[:, d] - (mean * wr).sum(1))[:, None]
@@ -560,7 +592,7 @@ def _batched_lbfgs(
         slot = it % m
         S_hist[slot], Y_hist[slot] = step, yv
         rho[slot] = torch.where(valid, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        gamma = torch.where(valid, sy / (yv * yv).sum(1).clamp_min(1e-30), gamma)
+        gamma = torch.where(valid, sy / (yv * apply_h0(yv)).sum(1).clamp_min(1e-30), gamma)
         n_iter += active.long()
         theta, z, f, g = theta_new, z_new, f_new, g_new
         active = active & (t > 0) & (g.abs().amax(1) > tol)
