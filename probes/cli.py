@@ -97,7 +97,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
 )
 datasets_app = typer.Typer(help="Inspect contrast datasets.", no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
@@ -205,7 +205,7 @@ def run(
 
     Collect activations (cached) → layer sweep → choose the layer on validation → evaluate on the test,
     eval and control sets → write report.json, plots and the probe bundle to
-    <output_dir>/<name>-<timestamp>/ → log everything to MLflow.
+    OUTPUT_DIR/NAME-TIMESTAMP/ → log everything to MLflow.
     """
     overrides = list(set_ or [])
     if no_track:
@@ -221,9 +221,8 @@ def run(
             _show(result.table())
         err.print(f"Outputs: {result.run_dir}")
         tracking = result.tracking
-        if tracking is not None:
-            colour = "green" if tracking.tracked else "bold yellow"
-            err.print(f"[{colour}]{tracking.message}[/]", soft_wrap=True)
+        if tracking is not None and tracking.tracked:  # (the pipeline already warned when it was not)
+            err.print(f"[green]{tracking.message}[/]", soft_wrap=True)
             if tracking.model_uri:
                 err.print(f"Probe model: mlflow.pyfunc.load_model({tracking.model_uri!r})", soft_wrap=True)
 
@@ -284,7 +283,7 @@ def evaluate(
     """Evaluate a run's saved probe on a new dataset.
 
     Loads RUN_DIR/bundle and the run's model, collects activations of --data (and --control), prints AUROC
-    with CIs and the rates at the bundle's saved threshold, and writes RUN_DIR/evaluations/<dataset>.json.
+    with CIs and the rates at the bundle's saved threshold, and writes RUN_DIR/evaluations/DATASET.json.
     """
     with _errors():
         from probes.pipeline import evaluate_run
@@ -379,7 +378,7 @@ def _print_dataset(ds: Any, summary: dict[str, Any], rows: int) -> None:
             "confounds",
             "\n".join(f"• {c}" for c in confounds) if isinstance(confounds, list | tuple) else str(confounds),
         )
-    out.print(info)
+    _show(info)
 
     stats = Table(title="Summary", show_header=False)
     stats.add_column(style="bold")
@@ -405,7 +404,7 @@ def _print_dataset(ds: Any, summary: dict[str, Any], rows: int) -> None:
     if "splits" in summary:
         stats.add_row("splits", ", ".join(f"{k}: {v}" for k, v in summary["splits"].items()))
     stats.add_row("fingerprint", summary["fingerprint"][:16])
-    out.print(stats)
+    _show(stats)
 
     if rows > 0 and len(ds):
         table = Table(title=f"First {min(rows, len(ds))} rows", show_lines=True)
