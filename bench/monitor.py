@@ -1,6 +1,6 @@
 """Overhead of a streaming monitor on ``model.generate``, measured in one run.
 
-    python bench/monitor.py            # ~4-6 minutes on 2 CPU cores
+    python bench/monitor.py            # ~5 minutes on 2 CPU cores
     python bench/monitor.py --quick    # one repeat of 16 tokens: a smoke test
 
 Variants, each generating exactly ``--new-tokens`` tokens greedily (``min_new_tokens`` pins the length):
@@ -13,8 +13,9 @@ Variants, each generating exactly ``--new-tokens`` tokens greedily (``min_new_to
 
 Models are random-weight copies built from configs (nothing is downloaded): a GPT-2-small shape
 (12 x 768, vocab 50257) and a SmolLM2-135M-like Llama shape (30 x 576, 9 heads / 3 KV heads, vocab 49152).
-Timings interleave the variants round by round; ratios use each variant's fastest repeat (the least
-disturbed by other jobs on a shared machine), medians are shown too. Peak RSS: the kernel's high-water
+Timings interleave the variants round by round (alternating their order); the ratio of a variant is the
+median over rounds of its time divided by the plain run of the same round (paired, so drifts in the load
+of a shared machine cancel); ms per token is shown for the fastest and the median repeat. Peak RSS: the kernel's high-water
 mark is reset before each variant's last repeat (``/proc/self/clear_refs``), so each variant gets its own
 peak in the same process; "peak over start" is what the variant adds on top of the loaded model.
 Ms per generated token = wall time of the whole call (prefill included) / new tokens.
@@ -23,6 +24,9 @@ Ms per generated token = wall time of the whole call (prefill included) / new to
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import gc
 import os
 import statistics
 import time
@@ -142,6 +146,10 @@ def reset_peak_rss() -> int | None:
 
     Linux >= 4.0 resets VmHWM when "5" is written to /proc/self/clear_refs, which gives each variant its
     own high-water mark inside one process (no model rebuilt per variant)."""
+    gc.collect()
+    # Hand freed heap back to the OS first, so the mark starts from what is really in use.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -154,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--quick", action="store_true")
@@ -183,7 +191,8 @@ def main() -> None:
             rss: dict[str, tuple[int, int] | None] = {}
             for rep in range(args.repeats):
                 last = rep == args.repeats - 1
-                for variant in VARIANTS:
+                # Alternate the order so no variant always runs first (or right after the naive one's heap).
+                for variant in VARIANTS if rep % 2 == 0 else VARIANTS[::-1]:
                     start = reset_peak_rss() if last else None
                     t0 = time.perf_counter()
                     run_variant(variant, model, bundle, layers, enc, args.new_tokens)
@@ -191,20 +200,20 @@ def main() -> None:
                     if last:
                         peak = _status_kib("VmHWM")
                         rss[variant] = (start, peak) if start is not None and peak is not None else None
-            # Other jobs share the CPU: the fastest repeat is the least disturbed one, so ratios use minima.
-            base = min(times["plain"])
             for variant in VARIANTS:
-                best, med = min(times[variant]), statistics.median(times[variant])
                 n = args.new_tokens
-                rows.append(
-                    (shape, batch, variant, 1000 * best / n, 1000 * med / n, best / base, rss[variant])
-                )
+                best = min(times[variant])
+                # Other jobs share the CPU: compare each repeat with the plain run of the same round
+                # (paired), and report the median of those ratios.
+                ratio = statistics.median(t / p for t, p in zip(times[variant], times["plain"], strict=True))
+                rows.append((shape, batch, variant, 1000 * best / n, 1000 * statistics.median(times[variant]) / n,
+                             ratio, rss[variant]))  # fmt: skip
                 print(f"  {shape:11s} batch {batch}  {variant:8s} {1000 * best / n:8.2f} ms/token"
-                      f"  {best / base:5.3f}x", flush=True)  # fmt: skip
+                      f"  {ratio:5.3f}x", flush=True)  # fmt: skip
         del model
 
     print(
-        "\n| model | batch | variant | ms/token (best) | ms/token (median) | vs plain | peak RSS MiB | peak over start MiB |"
+        "\n| model | batch | variant | ms/token (best) | ms/token (median) | vs plain (paired median) | peak RSS MiB | peak over start MiB |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for shape, batch, variant, best, med, ratio, mem in rows:

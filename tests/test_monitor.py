@@ -412,3 +412,37 @@ def test_monitor_argument_validation() -> None:
     assert Monitor(calibrated, target_fpr=0.01).thresholds == [2.0]
     assert Monitor(calibrated).thresholds == [2.0]
     assert Monitor(calibrated, threshold={"p": 0.5}).thresholds == [0.5]
+
+
+def test_score_prompt_screens_the_input() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    monitor = Monitor(tiny.bundle, threshold=-1e9, score_prompt=True)  # everything is above threshold
+    out = tiny.generate(enc, monitor)
+    prompt_len = enc["input_ids"].shape[1]
+    for r, fired_at in enumerate(monitor.trace.fired_at):
+        first_real = int((enc["attention_mask"][r] == 0).sum())
+        assert fired_at == first_real  # fires on the first real prompt token, never on padding
+    # Stopped right after the prefill: only the token sampled with the prompt's logits is kept.
+    assert out.shape[1] == prompt_len + 1
+
+
+def test_hand_written_loop_reads_latest_scores() -> None:
+    tiny = _LLAMA()
+    ids = tiny.tok(PROMPTS[0], return_tensors="pt")["input_ids"]
+    monitor = Monitor(tiny.bundle, action="flag")
+    tokens, scores = [], []
+    with torch.no_grad(), monitor.attach(tiny.model):
+        out = tiny.model(input_ids=ids, use_cache=True)
+        assert monitor.latest() is None  # the prompt is not scored by default
+        for _ in range(5):
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = tiny.model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            step = monitor.latest()
+            tokens.append(int(token))
+            scores.append(float(step.score[0, 0]))
+            assert step.position == ids.shape[1] + len(tokens) - 1
+    full = torch.cat([ids, torch.tensor([tokens])], dim=1)
+    ref = tiny.reference(full, torch.ones_like(ids))[0, ids.shape[1] :]
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
+    assert _no_hooks(tiny.model)

@@ -102,6 +102,27 @@ class _Context:
 class Monitor:
     """Run the probes of a :class:`~probes.package.ProbeBundle` on every token while a model generates.
 
+    With ``model.generate`` (greedy or sampling, batches with left padding, streamers)::
+
+        monitor = Monitor(ProbeBundle.load("bundles/sad"), smoothing="ema", alpha=0.3, patience=2)
+        with monitor.attach(model, tokenizer=tok):
+            out = model.generate(**enc, max_new_tokens=64, stopping_criteria=monitor.stopping_criteria())
+        monitor.trace.to_dataframe(); monitor.trace.to_html("trace.html")
+
+    In a hand-written decoding loop (KV cache on), read :meth:`latest` after each forward pass, or let
+    :meth:`stream` run the loop and yield ``StreamEvent(token_id, text, score, smoothed, fired)``::
+
+        with monitor.attach(model):
+            out = model(input_ids=ids, use_cache=True)
+            for _ in range(64):
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+                if monitor.latest().fired.any():  # scores of `token`, read on the host here
+                    break
+
+    A new sequence starts (state and trace reset) at every forward pass with an empty KV cache. Beam
+    search is not supported (beams reorder rows; per-row state would not follow them).
+
     Parameters
     ----------
     smoothing, alpha, window:
