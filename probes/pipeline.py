@@ -1212,11 +1212,11 @@ def evaluate_run(
     if threshold is not None:
         flags = s > threshold.value
         if (labels == 1).any():
-            at["recall (positives flagged)"] = float(flags[labels == 1].mean())
+            at["recall_at_threshold"] = float(flags[labels == 1].mean())
         if (labels == 0).any():
-            at["FPR on negatives"] = float(flags[labels == 0].mean())
+            at["fpr_on_negatives"] = float(flags[labels == 0].mean())
         if control_acts is not None:
-            at["FPR on control"] = float((scores_of(control_acts) > threshold.value).mean())
+            at["fpr_on_control"] = float((scores_of(control_acts) > threshold.value).mean())
     report = None
     if len(set(labels.tolist())) == 2:
         fprs = [t.target_fpr for t in entry.thresholds if t.target_fpr is not None] or list(

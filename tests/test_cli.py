@@ -210,10 +210,11 @@ def test_evaluate_a_run_on_new_data(project: Path, ran: tuple[Path, str, str]) -
         str(data / "control.jsonl"),
     )
     assert result.exit_code == 0, result.output
-    assert "At the bundle's saved threshold" in result.output and "FPR on control" in result.output
+    assert "At the bundle's saved threshold" in result.output and "fpr_on_control" in result.output
     saved = json.loads((ran_dir / "evaluations" / "moods_eval.json").read_text())
     assert saved["report"]["auroc"] > 0.8
-    assert 0.0 <= saved["at_bundle_threshold"]["FPR on control"] <= 1.0
+    assert 0.0 <= saved["at_bundle_threshold"]["fpr_on_control"] <= 0.5
+    assert saved["at_bundle_threshold"]["recall_at_threshold"] > 0.5
 
     missing = invoke("evaluate", str(ran_dir), "--data", str(data / "nope.jsonl"))
     assert missing.exit_code == EXIT_BAD_INPUT
