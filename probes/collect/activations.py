@@ -51,7 +51,8 @@ class RaggedTokens:
         lengths = self.lengths
         n, max_len = len(self), int(lengths.max()) if len(self) else 0
         out = self.values.new_full((n, max_len, self.dim), pad_value)
-        mask = torch.arange(max_len)[None, :] < lengths[:, None]
+        lengths = lengths.to(self.values.device)
+        mask = torch.arange(max_len, device=self.values.device)[None, :] < lengths[:, None]
         out[mask] = self.values
         return out, mask
 
