@@ -408,6 +408,7 @@ class Monitor:
         dev, p = self._device, len(self._entries)
         self._batch, self._total = batch, 0
         self._disabled = False
+        self._last_input_ids = None  # a previous generate's final ids must not leak into this trace
         self._smoothed = torch.zeros(batch, p, device=dev)
         self._seen = torch.zeros(batch, 1, dtype=torch.bool, device=dev)
         self._all_seen = False  # host-side: once every row has a smoothed value the EMA needs no mask
