@@ -1,0 +1,308 @@
+"""``probes.run(config)``: the whole experiment in one call. After ``_prepare`` (data, splits, model,
+activations) and the validation-chosen layer sweep, it evaluates the chosen probe on test with the control set
+(thresholds at the target FPRs, calibration fitted on validation), adds the text-only baselines, scores each
+eval set, optionally builds the generalisation matrix, writes the run folder, and only then logs to MLflow, so
+an unreachable tracking server never loses results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from typing import TYPE_CHECKING, Any
+
+from probes.config import RunConfig
+from probes.errors import DatasetError
+from probes.pipeline.outputs import (
+    _bundle_calibration,
+    _datasets_info,
+    _new_run_dir,
+    _report_dict,
+    _save_bundle,
+    _thresholds_from_report,
+    _token_html,
+    _write_json,
+)
+from probes.pipeline.prepare import _prepare, _Prepared, _rows_of, _two_class
+from probes.pipeline.results import LogReporter, Reporter, RunResult, _fmt, _timed
+from probes.pipeline.sweep import _site_index, _sweep
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probes.collect import Activations
+    from probes.data import ContrastDataset
+    from probes.track import TrackingOutcome
+
+
+def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
+    """Run the whole experiment described by ``config`` (see the package docstring); returns a RunResult.
+
+    Local outputs are always written before tracking starts, so an unreachable MLflow server never loses
+    results (``tracking.on_error: fail`` then raises :class:`probes.errors.TrackingError` afterwards).
+    """
+    from probes.evaluate import evaluate
+
+    reporter = reporter or LogReporter()
+    prep = _prepare(config, reporter)
+    timings = prep.timings
+    ev = config.evaluation
+
+    with _timed(timings, "sweep"):  # (the sweep reports a stage per grid point itself)
+        sweep, params, sweep_rows = _sweep(prep, reporter)
+    site = sweep.best_layer
+    probe = sweep.probes[site]
+    reporter.info(
+        f"chosen on validation: {site} (val AUROC {_fmt(next(r['val_auroc'] for r in sweep_rows if r['layer'] == site))})"
+    )
+
+    with _timed(timings, "evaluate", reporter, f"Evaluating {site} on test, control and eval sets"):
+        baselines = (
+            _baselines(prep.splits["train"], prep.splits["test"], config, same_source=True)
+            if ev.text_baselines
+            else {}
+        )
+        calibrate = None if ev.calibration == "none" else ev.calibration
+        common = {
+            "layer": site,
+            "target_fpr": list(ev.target_fprs),
+            "calibration": prep.acts["val"] if calibrate else None,
+            "calibrate": calibrate,
+            "n_bootstrap": ev.bootstrap,
+            "seed": config.seed,
+        }
+        test_report = evaluate(
+            probe,
+            prep.acts["test"],
+            prep.acts.get("control"),
+            text_baseline=_baseline_results(baselines),
+            name=prep.train_ds.name,
+            **common,
+        )
+        evals: dict[str, Any] = {}
+        for name, ds in prep.eval_ds.items():
+            acts = prep.acts[f"eval.{name}"]
+            if not _two_class(ds):
+                evals[name] = _flag_rate(probe, acts, site, test_report.threshold)
+                continue
+            eb = _baselines(prep.splits["train"], ds, config, same_source=False) if ev.text_baselines else {}
+            evals[name] = evaluate(
+                probe,
+                acts,
+                prep.acts.get("control"),
+                text_baseline=_baseline_results(eb),
+                name=name,
+                **common,
+            )
+
+    generalization = None
+    warns = list(prep.warnings)
+    if ev.generalization_matrix:
+        with _timed(timings, "generalization", reporter, "Generalisation matrix"):
+            generalization, note = _generalization(prep, site, params)
+            if note:
+                warns.append(note)
+
+    with _timed(timings, "write", reporter, "Writing outputs"):
+        run_dir = _new_run_dir(config)
+        bundle_dir = _save_bundle(
+            prep,
+            probe,
+            site,
+            run_dir,
+            _thresholds_from_report(test_report, prep.control_ds),
+            _bundle_calibration(test_report.calibrator),
+            {"test_auroc": test_report.auroc, "probe_params": params},
+        )
+        if ev.plots:
+            plots = run_dir / "plots"
+            plots.mkdir()
+            sweep.plot(plots / "layer_sweep.png")
+            test_report.plots(plots)
+            for rep in evals.values():
+                if not isinstance(rep, dict):
+                    rep.plots(plots)
+            if generalization is not None:
+                generalization.plot(plots / "generalization.png")
+        if config.pooling == "tokens":
+            with contextlib.suppress(Exception):  # a visual aid: never fail a finished run over it
+                _token_html(prep, probe, site, run_dir / "tokens.html", test_report.threshold)
+        warns += [f"test: {w}" for w in test_report.warnings]
+        result = RunResult(
+            config=config,
+            run_dir=run_dir,
+            layer=site,
+            probe_params=params,
+            sweep=sweep_rows,
+            test=test_report,
+            evals=evals,
+            baselines=baselines,
+            generalization=generalization,
+            bundle_dir=bundle_dir,
+            warnings=warns,
+            timings=timings,
+            datasets=_datasets_info(prep),
+        )
+        _write_json(run_dir / "report.json", _report_dict(result, prep))
+
+    if config.tracking.enabled:
+        with _timed(timings, "track", reporter, "Logging to MLflow"):
+            result.tracking = _track(result, prep)
+        _write_json(run_dir / "tracking.json", result.tracking.to_dict())
+        if not result.tracking.tracked:
+            reporter.warn(result.tracking.message)
+    return result
+
+
+def _generalization(prep: _Prepared, site: str, params: dict[str, Any]) -> tuple[Any, str | None]:
+    """Train-on-one, test-on-another AUROCs over the training set and each two-class eval set (70/30 split).
+
+    Returns (matrix or None, a note when it had to be skipped).
+    """
+    from probes.evaluate import generalization_matrix
+
+    config = prep.config
+    datasets = {prep.train_ds.name: (prep.acts["train"], prep.acts["test"])}
+    for name, ds in prep.eval_ds.items():
+        if not _two_class(ds):
+            continue
+        try:
+            parts = ds.split({"train": 0.7, "test": 0.3}, seed=config.seed, use_column=False)
+        except (ValueError, DatasetError):
+            continue
+        if not all(_two_class(p) for p in parts.values()):
+            continue
+        acts = prep.acts[f"eval.{name}"]
+        datasets[name] = (_rows_of(acts, ds, parts["train"]), _rows_of(acts, ds, parts["test"]))
+    if len(datasets) < 2:
+        return None, "generalization_matrix needs at least one labelled (two-class) eval dataset; skipped."
+    return (
+        generalization_matrix(
+            datasets,
+            layer=site,
+            probe=config.probe.kind,
+            probe_params=params,
+            n_bootstrap=config.evaluation.bootstrap,
+            seed=config.seed,
+        ),
+        None,
+    )
+
+
+def _baselines(
+    train: ContrastDataset, test: ContrastDataset, config: RunConfig, *, same_source: bool
+) -> dict[str, Any]:
+    """TF-IDF baselines on the full text and on the detected span; failures become notes, not crashes."""
+    from probes.evaluate import text_baseline
+
+    out: dict[str, Any] = {}
+    groups = (
+        {"train_groups": train.groups, "test_groups": test.groups}
+        if same_source
+        else {"test_groups": test.groups}
+    )
+    pairs = [("text", train.texts, test.texts)]
+    if config.data.target != "all":
+        pairs.append(("span", train.target_texts, test.target_texts))
+    for key, tr, te in pairs:
+        try:
+            out[key] = text_baseline(
+                tr,
+                train.labels,
+                te,
+                test.labels,
+                n_bootstrap=config.evaluation.bootstrap,
+                seed=config.seed,
+                **groups,
+            )
+        except ValueError as exc:  # e.g. an empty vocabulary
+            out[f"{key}_error"] = str(exc)
+    return out
+
+
+def _baseline_results(baselines: dict[str, Any]) -> dict[str, Any] | None:
+    """The baseline results evaluate takes (``text``/``span``), without the notes of ones that failed."""
+    return {k: v for k, v in baselines.items() if k in ("text", "span")} or None
+
+
+def _flag_rate(probe: Any, acts: Activations, site: str, threshold: float) -> dict[str, Any]:
+    """What a single-class eval set can report: how often the probe flags it at the test threshold."""
+    import numpy as np
+
+    scores = probe.decision_function(acts[site])
+    labels = set(np.asarray(acts.labels).tolist())
+    return {
+        "n": len(acts),
+        "labels": sorted(labels),
+        "threshold": threshold,
+        "flag_rate": float(np.mean(scores > threshold)) if math.isfinite(threshold) else 0.0,
+        "note": "single-class set: AUROC is undefined; flag_rate is the FPR (benign) or recall (positive)",
+    }
+
+
+def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
+    """Log params, per-layer sweep metrics, test/eval/baseline metrics, tags and the run folder to MLflow."""
+    import probes
+    from probes.track import git_commit, log_run
+
+    config = result.config
+    n_layers = int(prep.fingerprint.get("num_layers") or 0)
+    t = config.tracking
+    layer_metrics = []
+    for row in result.sweep:
+        values = {k: row.get(k) for k in ("val_auroc", "val_auroc_lo", "val_auroc_hi", "test_auroc")}
+        layer_metrics.append(
+            (_site_index(row["layer"], n_layers), {f"sweep_{k}": v for k, v in values.items()})
+        )
+    metrics = {f"test_{k}": v for k, v in result.test.metrics().items()}
+    for name, rep in result.evals.items():
+        key = re.sub(r"[^A-Za-z0-9_]", "_", name)
+        if isinstance(rep, dict):
+            metrics[f"eval_{key}_flag_rate"] = rep["flag_rate"]
+        else:
+            metrics.update({f"eval_{key}_{k}": v for k, v in rep.metrics().items()})
+    for key in ("text", "span"):
+        b = result.baselines.get(key)
+        if b is not None:
+            metrics[f"baseline_{key}_auroc"] = b.auroc
+    metrics["chosen_layer_index"] = _site_index(result.layer, n_layers)
+    metrics = {k: v for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    fp = prep.fingerprint
+    tags = {
+        "probes.version": probes.__version__,
+        "probes.git_commit": git_commit(),
+        "probes.config": config.source,
+        "probes.overrides": " ".join(config.overrides) or None,
+        "probes.model": config.model.name_or_path,
+        "probes.model_path": fp.get("name"),
+        "probes.model_revision": config.model.revision,
+        "probes.model_weight_hash": fp.get("weight_hash"),
+        "probes.model_architecture": fp.get("architecture"),
+        "probes.layer": result.layer,
+        "probes.probe_kind": config.probe.kind,
+        "probes.reproducible": "false" if prep.warnings else "true",
+    }
+    for role, info in result.datasets.items():
+        tags[f"probes.dataset.{role}.fingerprint"] = info["fingerprint"]
+        tags[f"probes.dataset.{role}.name"] = info["name"]
+    tags.update(t.tags)
+    params = dict(config.flat())
+    params["overrides"] = " ".join(config.overrides) or "none"
+    params["chosen_layer"] = result.layer
+    example = None
+    first = prep.acts["test"][result.layer]
+    if not hasattr(first, "offsets"):  # token-level activations cannot be a flat (n, d) model input
+        example = first[:5].float().cpu().numpy()
+    return log_run(
+        run_name=result.run_dir.name,
+        experiment=t.experiment,
+        tracking_uri=t.tracking_uri,
+        params=params,
+        layer_metrics=layer_metrics,
+        metrics=metrics,
+        tags=tags,
+        run_dir=result.run_dir,
+        bundle_dir=result.bundle_dir,
+        example_features=example,
+        log_model=t.log_model and example is not None,
+        on_error=t.on_error,
+    )
