@@ -38,7 +38,7 @@ def _two_probe_bundle(model, data) -> ProbeBundle:
         threshold=[{"value": 1.5, "target_fpr": 0.01, "control_set": "benign", "n_control": 400}, 0.7],
         label_names=["happy", "sad"],
         pooling="last",
-        calibration={"method": "platt", "a": 1.3, "b": -0.2},
+        calibration={"kind": "platt", "a": 1.3, "b": -0.2},
         run="abc123",
     )
     bundle.add(DiffMeansProbe().fit(X, y), layer=2, name="angry", threshold=0.0)
@@ -62,7 +62,7 @@ def test_round_trip_gives_identical_scores_and_metadata(tmp_path: Path, model, d
     assert sad.label_names == ("happy", "sad") and sad.pooling == "last"
     assert sad.thresholds[0] == Threshold(1.5, 0.01, "benign", None, 400)
     assert sad.threshold_for(0.01).value == 1.5 and sad.threshold_for().value == 1.5
-    assert sad.calibration == {"method": "platt", "a": 1.3, "b": -0.2}
+    assert sad.calibration == {"kind": "platt", "a": 1.3, "b": -0.2}
     assert sad.metadata == {"run": "abc123"}
     assert loaded.model_fingerprint == bundle.model_fingerprint
     with pytest.raises(ValueError, match="target_fpr=0.05"):
@@ -184,9 +184,32 @@ def test_normalisation_is_folded_into_the_linear_form(model, data) -> None:
 
 def test_calibration_maps() -> None:
     s = torch.tensor([-2.0, 0.0, 0.5, 3.0])
-    platt = apply_calibration({"method": "platt", "a": 2.0, "b": -1.0}, s)
+    platt = apply_calibration({"kind": "platt", "a": 2.0, "b": -1.0}, s)
     torch.testing.assert_close(platt, torch.sigmoid(2 * s - 1))
-    iso = apply_calibration({"method": "isotonic", "x": [-1.0, 0.0, 1.0], "y": [0.1, 0.4, 0.9]}, s)
+    iso = apply_calibration(
+        {"kind": "isotonic", "x_thresholds": [-1.0, 0.0, 1.0], "y_thresholds": [0.1, 0.4, 0.9]}, s
+    )
     np.testing.assert_allclose(iso.numpy(), [0.1, 0.4, 0.65, 0.9], atol=1e-6)
+    torch.testing.assert_close(apply_calibration(None, s), torch.sigmoid(s))
     with pytest.raises(ValueError, match="platt"):
-        apply_calibration({"method": "magic"}, s)
+        apply_calibration({"kind": "magic"}, s)
+    with pytest.raises(ValueError, match="to_dict"):
+        apply_calibration({"kind": "isotonic", "x": [0.0, 1.0], "y": [0.0, 1.0]}, s)
+
+
+@pytest.mark.parametrize("kind", ["platt", "isotonic"])
+def test_bundle_applies_evaluate_calibrators_as_fitted(tmp_path: Path, model, data, kind: str) -> None:
+    # The bundle stores evaluate's own calibrator state and must reproduce its probabilities after a reload.
+    from probes.evaluate.calibration import make_calibrator
+
+    X, y = data
+    probe = LogisticProbe(C=0.5).fit(X, y)
+    scores = probe.decision_function(X)
+    calibrator = make_calibrator(kind).fit(scores, y)
+    ProbeBundle.from_probe(probe, model=model, layer=-1, calibration=calibrator).save(tmp_path / "b")
+    entry = ProbeBundle.load(tmp_path / "b")["probe"]
+    assert entry.calibration == calibrator.to_dict()
+    got = entry.calibrate(entry.score(X)).numpy()
+    np.testing.assert_allclose(got, calibrator.transform(scores), atol=1e-5)
+    with pytest.raises(ValueError, match="Unknown calibrator kind"):
+        ProbeBundle.from_probe(probe, model=model, layer=-1, calibration={"method": kind})

@@ -182,7 +182,7 @@ def test_run_writes_every_output_and_separates_the_classes(tiny_run) -> None:
     threshold = entry.threshold_for(0.1)
     assert threshold is not None and threshold.control_set == "control"
     assert threshold.value == pytest.approx(r.test.threshold)
-    assert entry.calibration is not None and entry.calibration["method"] == "platt"
+    assert entry.calibration is not None and entry.calibration["kind"] == "platt"
 
 
 def test_layer_is_chosen_on_validation_not_test(tiny_run) -> None:
@@ -284,7 +284,7 @@ def test_grid_control_folder_and_single_class_eval(tmp_path: Path, tiny_model_di
     assert result.test.text_baseline_auroc is None  # text_baselines: false
     assert not (result.run_dir / "plots").exists()  # plots: false
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
-    assert manifest["probes"][0]["calibration"]["method"] == "isotonic"
+    assert manifest["probes"][0]["calibration"]["kind"] == "isotonic"
     assert manifest["probes"][0]["thresholds"][0]["control_set"] == "benign"
 
 

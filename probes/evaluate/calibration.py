@@ -2,16 +2,20 @@
 
 Calibrators map raw decision scores to probabilities. Fit them on a calibration split held out from both
 training and test data — never on the test set, or the reported calibration is optimistic. Their state is
-plain JSON (Platt: two floats; isotonic: two lists), never pickle.
+plain JSON (Platt: two floats; isotonic: two lists), never pickle; a probe bundle stores exactly that state
+(``to_dict()``) and applies it with ``transform_torch`` on the scores' device.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from probes.errors import NotFittedError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 
 def _as_arrays(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -76,6 +80,10 @@ class Calibrator:
     def transform(self, scores: Any) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def transform_torch(self, scores: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """:meth:`transform` in float32 torch, on ``scores``' device (what a monitor applies per step)."""
+        raise NotImplementedError
+
     def to_dict(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -87,7 +95,13 @@ class Calibrator:
         target = kinds.get(str(kind)) if cls is Calibrator else cls
         if target is None or (cls is not Calibrator and kind != cls.kind):
             raise ValueError(f"Unknown calibrator kind {kind!r}; expected one of {sorted(kinds)}.")
-        return target._from_state(data)
+        try:
+            return target._from_state(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"Malformed {kind} calibrator state with keys {sorted(data)} ({type(exc).__name__}: {exc}); "
+                "pass a fitted calibrator's to_dict() output."
+            ) from exc
 
     @classmethod
     def _from_state(cls, data: dict[str, Any]) -> Calibrator:  # pragma: no cover - abstract
@@ -152,6 +166,12 @@ class PlattCalibrator(Calibrator):
         s = np.asarray(scores, dtype=np.float64).ravel()
         return 1.0 / (1.0 + np.exp(-(self.a_ * s + self.b_)))
 
+    def transform_torch(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        self._check_fitted()
+        return torch.sigmoid(self.a_ * scores.float() + self.b_)
+
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
         return {"kind": self.kind, "a": self.a_, "b": self.b_}
@@ -187,6 +207,21 @@ class IsotonicCalibrator(Calibrator):
         s = np.asarray(scores, dtype=np.float64).ravel()
         return np.interp(s, self.x_thresholds_, self.y_thresholds_)
 
+    def transform_torch(self, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        self._check_fitted()
+        scores = scores.float()
+        x = torch.tensor(self.x_thresholds_, dtype=torch.float32, device=scores.device)
+        y = torch.tensor(self.y_thresholds_, dtype=torch.float32, device=scores.device)
+        if len(x) == 1:  # np.interp with one knot: that knot's value everywhere
+            return y[0].expand_as(scores).clone()
+        s = scores.clamp(x[0], x[-1])
+        idx = torch.searchsorted(x, s.contiguous()).clamp(1, len(x) - 1)
+        x0, x1, y0, y1 = x[idx - 1], x[idx], y[idx - 1], y[idx]
+        frac = torch.where(x1 > x0, (s - x0) / (x1 - x0).clamp_min(1e-12), torch.zeros_like(s))
+        return y0 + frac * (y1 - y0)
+
     def to_dict(self) -> dict[str, Any]:
         self._check_fitted()
         return {"kind": self.kind, "x_thresholds": self.x_thresholds_, "y_thresholds": self.y_thresholds_}
@@ -196,6 +231,8 @@ class IsotonicCalibrator(Calibrator):
         out = cls()
         out.x_thresholds_ = [float(v) for v in data["x_thresholds"]]
         out.y_thresholds_ = [float(v) for v in data["y_thresholds"]]
+        if not out.x_thresholds_ or len(out.x_thresholds_) != len(out.y_thresholds_):
+            raise ValueError("x_thresholds and y_thresholds must be non-empty lists of equal length")
         out.fitted_ = True
         return out
 

@@ -12,6 +12,8 @@ corrupted or tampered file is refused at load time instead of silently scoring g
 
 Thresholds and calibration maps live on the decision-function scale of the probe (higher = more of the
 positive class), each threshold with the false-positive rate it was calibrated for and on which control set.
+A calibration map is a :mod:`probes.evaluate.calibration` calibrator, stored as its own ``to_dict()`` state
+(``{"kind": "platt", "a", "b"}`` or ``{"kind": "isotonic", "x_thresholds", "y_thresholds"}``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -35,6 +38,9 @@ from torch import nn
 from probes.errors import BundleError, FingerprintMismatchError
 from probes.models.sites import fingerprint_matches, model_fingerprint, parse_site
 from probes.train.base import Probe, probe_from_state
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probes.evaluate.calibration import Calibrator
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -110,7 +116,7 @@ class BundleEntry:
     aggregation: str | None = None
     label_names: tuple[str, str] | None = None
     thresholds: tuple[Threshold, ...] = ()
-    calibration: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # a calibrator's to_dict() state
     normalization: dict[str, torch.Tensor] | None = None  # x' = (x - mean) / scale, applied before the probe
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -154,29 +160,42 @@ class BundleEntry:
             X = (X - mean) / scale
         return self.probe.score_torch(X)
 
+    @cached_property
+    def calibrator(self) -> Calibrator | None:
+        """The stored calibration rebuilt once with ``Calibrator.from_dict`` (``None`` without one)."""
+        return _calibrator(self.calibration)
+
     def calibrate(self, scores: torch.Tensor) -> torch.Tensor:
-        """Map decision scores to probabilities with the stored calibration map (sigmoid if none)."""
-        return apply_calibration(self.calibration, scores)
+        """Map decision scores to probabilities with the stored calibrator (sigmoid if none)."""
+        return _calibrated(self.calibrator, scores)
 
 
-def apply_calibration(calibration: Mapping[str, Any] | None, scores: torch.Tensor) -> torch.Tensor:
-    """Platt (``{"method": "platt", "a", "b"}``: ``sigmoid(a * s + b)``) or isotonic
-    (``{"method": "isotonic", "x": [...], "y": [...]}``: piecewise-linear, clipped) calibration."""
-    scores = scores.float()
-    if calibration is None:
-        return torch.sigmoid(scores)
-    method = calibration.get("method")
-    if method == "platt":
-        return torch.sigmoid(float(calibration["a"]) * scores + float(calibration["b"]))
-    if method == "isotonic":
-        x = torch.tensor(calibration["x"], dtype=torch.float32, device=scores.device)
-        y = torch.tensor(calibration["y"], dtype=torch.float32, device=scores.device)
-        s = scores.clamp(x[0], x[-1])
-        idx = torch.searchsorted(x, s.contiguous()).clamp(1, len(x) - 1)
-        x0, x1, y0, y1 = x[idx - 1], x[idx], y[idx - 1], y[idx]
-        frac = torch.where(x1 > x0, (s - x0) / (x1 - x0).clamp_min(1e-12), torch.zeros_like(s))
-        return y0 + frac * (y1 - y0)
-    raise ValueError(f"Unknown calibration method {method!r}; use 'platt' or 'isotonic'.")
+def apply_calibration(
+    calibration: Calibrator | Mapping[str, Any] | None, scores: torch.Tensor
+) -> torch.Tensor:
+    """Probabilities of decision ``scores`` on their device: a fitted calibrator from
+    :mod:`probes.evaluate.calibration` or its ``to_dict()`` state (Platt: ``sigmoid(a * s + b)``;
+    isotonic: piecewise-linear, clipped), or ``sigmoid(s)`` when ``calibration`` is ``None``."""
+    return _calibrated(_calibrator(calibration), scores)
+
+
+def _calibrator(calibration: Calibrator | Mapping[str, Any] | None) -> Calibrator | None:
+    """A fitted calibrator from a calibrator or its ``to_dict()`` state; ``ValueError`` names a bad one."""
+    from probes.evaluate.calibration import Calibrator
+
+    if calibration is None or isinstance(calibration, Calibrator):
+        return calibration
+    if not isinstance(calibration, Mapping):
+        raise TypeError(
+            f"calibration must be a fitted calibrator or its to_dict() state, got {type(calibration).__name__}."
+        )
+    return Calibrator.from_dict(dict(calibration))
+
+
+def _calibrated(calibrator: Calibrator | None, scores: torch.Tensor) -> torch.Tensor:
+    if calibrator is None:
+        return torch.sigmoid(scores.float())
+    return calibrator.transform_torch(scores)
 
 
 class ProbeBundle:
@@ -212,7 +231,7 @@ class ProbeBundle:
         label_names: Sequence[str] | None = None,
         pooling: str | None = None,
         aggregation: str | None = None,
-        calibration: Mapping[str, Any] | None = None,
+        calibration: Calibrator | Mapping[str, Any] | None = None,
         normalization: Mapping[str, torch.Tensor] | None = None,
         **meta: Any,
     ) -> ProbeBundle:
@@ -220,8 +239,9 @@ class ProbeBundle:
 
         ``model`` is the model (its fingerprint is taken) or an already computed fingerprint dict;
         ``threshold`` is a float, a ``{"value", "target_fpr", "control_set", "n_control"}`` dict, a list
-        of those, or an evaluation report with ``.threshold``/``.target_fpr``. ``**meta`` is free metadata
-        stored with the probe.
+        of those, or an evaluation report with ``.threshold``/``.target_fpr``. ``calibration`` is a fitted
+        :mod:`probes.evaluate.calibration` calibrator or its ``to_dict()`` state (e.g. an evaluation
+        report's ``.calibrator``). ``**meta`` is free metadata stored with the probe.
         """
         if isinstance(model, nn.Module):
             fingerprint: dict[str, Any] | None = model_fingerprint(model)
@@ -254,7 +274,7 @@ class ProbeBundle:
         label_names: Sequence[str] | None = None,
         pooling: str | None = None,
         aggregation: str | None = None,
-        calibration: Mapping[str, Any] | None = None,
+        calibration: Calibrator | Mapping[str, Any] | None = None,
         normalization: Mapping[str, torch.Tensor] | None = None,
         **meta: Any,
     ) -> ProbeBundle:
@@ -292,7 +312,7 @@ class ProbeBundle:
             aggregation=aggregation if aggregation is not None else getattr(probe, "aggregation", None),
             label_names=tuple(label_names) if label_names is not None else None,  # type: ignore[arg-type]
             thresholds=thresholds,
-            calibration=dict(calibration) if calibration is not None else None,
+            calibration=_calibration_state(calibration),
             normalization=norm,
             metadata=dict(meta),
         )
@@ -522,10 +542,16 @@ def _entry_from_json(spec: dict[str, Any], tensors: dict[str, torch.Tensor]) -> 
         aggregation=spec.get("aggregation"),
         label_names=tuple(labels) if labels is not None else None,  # type: ignore[arg-type]
         thresholds=tuple(Threshold.coerce(t) for t in spec.get("thresholds", [])),
-        calibration=spec.get("calibration"),
+        calibration=_calibration_state(spec.get("calibration")),
         normalization=norm,
         metadata=dict(spec.get("metadata") or {}),
     )
+
+
+def _calibration_state(calibration: Calibrator | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The calibrator's ``to_dict()`` state, checked by rebuilding it (a bad map fails here, not mid-stream)."""
+    calibrator = _calibrator(calibration)
+    return None if calibrator is None else calibrator.to_dict()
 
 
 def _sha256(path: Path) -> str:

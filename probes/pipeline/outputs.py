@@ -72,18 +72,6 @@ def _save_bundle(
     return bundle.save(run_dir / "bundle")
 
 
-def _bundle_calibration(state: dict[str, Any] | None) -> dict[str, Any] | None:
-    """evaluate's calibrator state -> the bundle's calibration map (same maths, the bundle's key names)."""
-    if not state:
-        return None
-    kind = state.get("kind")
-    if kind == "platt":
-        return {"method": "platt", "a": float(state["a"]), "b": float(state["b"])}
-    if kind == "isotonic":
-        return {"method": "isotonic", "x": list(state["x_thresholds"]), "y": list(state["y_thresholds"])}
-    return None
-
-
 def _threshold_record(
     value: float,
     target_fpr: float,

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from probes.config import RunConfig
 from probes.errors import DatasetError
 from probes.pipeline.outputs import (
-    _bundle_calibration,
     _datasets_info,
     _new_run_dir,
     _report_dict,
@@ -110,7 +109,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             site,
             run_dir,
             _thresholds_from_report(test_report, prep.control_ds),
-            _bundle_calibration(test_report.calibrator),
+            test_report.calibrator,
             {"test_auroc": test_report.auroc, "probe_params": params},
         )
         if ev.plots:
