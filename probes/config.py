@@ -144,6 +144,10 @@ class DatasetSpec(_Strict):
     limit: int | None = Field(
         None, gt=0, description="Use at most about this many rows (a seeded, grouped subsample; quick runs)."
     )
+    where: dict[str, list[str]] | None = Field(
+        None,
+        description="Keep only rows whose condition tags take one of these values, e.g. {family: [geography]}.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -186,7 +190,9 @@ class SplitConfig(_Strict):
 
     train: float = Field(0.6, gt=0, lt=1)
     val: float = Field(0.2, gt=0, lt=1)
-    test: float = Field(0.2, ge=0, lt=1, description="Ignored with a holdout: test is then the held-out groups.")
+    test: float = Field(
+        0.2, ge=0, lt=1, description="Ignored with a holdout: test is then the held-out groups."
+    )
     holdout: dict[str, list[str]] = Field(
         default_factory=dict,
         description="Condition values kept out of train/val and used only for test, e.g. {frame: [stage_play]}.",

@@ -247,6 +247,22 @@ def test_limit_subsamples_whole_groups(tmp_path: Path, tiny_model_dir: Path) -> 
     assert again.ids == ds.ids  # seeded
 
 
+def test_where_keeps_rows_by_condition_tag(tmp_path: Path) -> None:
+    from probes.config import DatasetSpec
+    from probes.errors import DatasetError
+    from probes.pipeline import load_spec
+
+    path = str(ROOT / "datasets" / "true_false_statements")
+    spec = DatasetSpec(path=path, where={"family": ["geography", "animals"]})
+    ds = load_spec(spec, seed=0)
+    assert set(ds.conditions("family")) == {"geography", "animals"}
+    assert 0 < len(ds) < len(load_spec(DatasetSpec(path=path), seed=0))
+    with pytest.raises(DatasetError, match="where.family.*geograpy.*values present"):
+        load_spec(DatasetSpec(path=path, where={"family": ["geograpy"]}), seed=0)
+    with pytest.raises(DatasetError, match="no condition tag 'frame'"):
+        load_spec(DatasetSpec(path=path, where={"frame": ["x"]}), seed=0)
+
+
 def test_grid_control_folder_and_single_class_eval(tmp_path: Path, tiny_model_dir: Path) -> None:
     from probes.config import load_config
     from probes.pipeline import run
@@ -339,7 +355,8 @@ def test_quickstart_config_runs_on_minilm_subsample(tmp_path: Path, monkeypatch:
     )
     result = run(cfg)
     assert result.layer in {"layers.2", "layers.5"}
-    assert 0.0 <= result.test.auroc <= 1.0
+    # MiniLM knows its geography: a truth probe separates true from false capitals and borders.
+    assert result.test.auroc > 0.7
     assert result.test.n_control == 120
     assert (result.run_dir / "bundle" / "manifest.json").is_file()
     manifest = json.loads((result.run_dir / "bundle" / "manifest.json").read_text())

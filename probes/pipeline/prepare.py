@@ -87,11 +87,31 @@ def load_spec(
             )
         examples = [ex for d in parts for ex in d]
         ds = ContrastDataset(examples, parts[0].card, source=" + ".join(d.source for d in parts))
+    if spec.where:
+        ds = _where(ds, spec.where, what)
     if target == "all":
         ds = ContrastDataset([dataclasses.replace(ex, target=None) for ex in ds], ds.card, source=ds.source)
     if spec.limit is not None and spec.limit < len(ds):
         frac = spec.limit / len(ds)
         ds = ds.split({"keep": frac, "rest": 1.0 - frac}, seed=seed, use_column=False)["keep"]
+    return ds
+
+
+def _where(ds: ContrastDataset, where: dict[str, list[str]], what: str) -> ContrastDataset:
+    """Rows whose condition tag ``key`` is one of ``where[key]``, for every key (a config's ``where:``)."""
+    for key, values in where.items():
+        present = set(ds.conditions(key)) - {None}
+        if not present:
+            raise DatasetError(
+                f"{what}: where: rows have no condition tag {key!r}; tags present: "
+                f"{', '.join(ds.condition_keys) or 'none'}."
+            )
+        unknown = sorted(set(values) - present)
+        if unknown:
+            raise DatasetError(
+                f"{what}: where.{key}: no row has {key}={unknown}; values present: {', '.join(sorted(present))}."
+            )
+        ds = ds.filter(lambda ex, key=key, keep=set(values): ex.conditions.get(key) in keep)
     return ds
 
 
