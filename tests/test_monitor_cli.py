@@ -64,7 +64,6 @@ def test_cli_module_import_is_light() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.slow
 def test_cli_stops_a_sad_story_and_writes_the_trace(app: typer.Typer, tmp_path: Path) -> None:
     folder, _, _ = stories_bundle()
     html = tmp_path / "trace.html"
@@ -78,7 +77,6 @@ def test_cli_stops_a_sad_story_and_writes_the_trace(app: typer.Typer, tmp_path: 
     assert "did not fire" in result.output
 
 
-@pytest.mark.slow
 def test_cli_errors_are_one_line_with_the_fix(app: typer.Typer, tmp_path: Path) -> None:
     folder, _, _ = stories_bundle()
     result = _invoke(app, _args(tmp_path / "nowhere", SAD_PROMPT))

@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from conftest import STORIES
 
@@ -123,7 +122,6 @@ def stories_bundle() -> tuple[Path, object, object]:
     return folder, model, tokenizer
 
 
-@pytest.mark.slow
 def test_monitor_stops_the_sad_story_and_lets_the_happy_one_run() -> None:
     folder, model, tok = stories_bundle()
     bundle = ProbeBundle.load(folder)  # what ships is what runs
@@ -148,7 +146,6 @@ def test_monitor_stops_the_sad_story_and_lets_the_happy_one_run() -> None:
     assert df[df.row == 0].smoothed.mean() > df[df.row == 1].smoothed.mean() + 0.5
 
 
-@pytest.mark.slow
 def test_stream_helper_on_stories_ends_at_the_firing_token(tmp_path: Path) -> None:
     folder, model, tok = stories_bundle()
     monitor = Monitor(ProbeBundle.load(folder), smoothing="rolling", window=WINDOW, patience=PATIENCE)
