@@ -35,26 +35,50 @@ def tiny_config(arch: str, vocab_size: int = 512):
     if arch == "gpt2":
         return AutoConfig.for_model("gpt2", n_embd=32, n_layer=4, n_head=4, n_positions=256, **common)
     if arch == "gptj":
-        return AutoConfig.for_model("gptj", n_embd=32, n_layer=4, n_head=4, n_positions=256, rotary_dim=4, **common)
+        return AutoConfig.for_model(
+            "gptj", n_embd=32, n_layer=4, n_head=4, n_positions=256, rotary_dim=4, **common
+        )
     if arch == "gpt_neox":
         return AutoConfig.for_model(
-            "gpt_neox", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=256, **common,
+            "gpt_neox",
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            **common,
         )
     if arch == "opt":
         return AutoConfig.for_model(
-            "opt", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, ffn_dim=64,
-            word_embed_proj_dim=32, max_position_embeddings=256, **common,
+            "opt",
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            ffn_dim=64,
+            word_embed_proj_dim=32,
+            max_position_embeddings=256,
+            **common,
         )
     if arch == "bert":
         return AutoConfig.for_model(
-            "bert", hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-            max_position_embeddings=256, vocab_size=vocab_size, pad_token_id=0,
+            "bert",
+            hidden_size=32,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=256,
+            vocab_size=vocab_size,
+            pad_token_id=0,
         )
     # Llama-like decoders.
     kwargs = dict(
-        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=256, **common,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        **common,
     )
     if arch == "gemma":
         kwargs["head_dim"] = 8

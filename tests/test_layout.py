@@ -12,7 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_datasets_and_training_hold_no_python() -> None:
     for folder in ("datasets", "training"):
-        offenders = [p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".pyc"} or p.name == "__init__.py"]
+        offenders = [
+            p for p in (ROOT / folder).rglob("*") if p.suffix in {".py", ".pyc"} or p.name == "__init__.py"
+        ]
         assert offenders == [], f"{folder}/ must hold data/configs only, found {offenders}"
 
 

@@ -235,7 +235,9 @@ def model_fingerprint(model: nn.Module, layers_attr: str | None = None) -> dict[
         "revision": source.get("revision"),
         "architecture": type(model).__name__,
         "model_type": getattr(config, "model_type", None),
-        "hidden_size": int(getattr(config, "hidden_size", 0) or weight.shape[-1] if weight is not None else 0),
+        "hidden_size": int(
+            getattr(config, "hidden_size", 0) or (weight.shape[-1] if weight is not None else 0)
+        ),
         "num_layers": len(blocks),
         "weight_hash": digest,
     }
