@@ -36,3 +36,9 @@ def test_public_api_names_resolve() -> None:
     probes = importlib.import_module("probes")
     missing = [name for name in probes.__all__ if name != "__version__" and not hasattr(probes, name)]
     assert missing == []
+
+
+def test_ruff_lint_and_format_are_clean() -> None:
+    for args in (["check", "."], ["format", "--check", "."]):
+        out = subprocess.run([sys.executable, "-m", "ruff", *args], cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, f"ruff {' '.join(args)} failed:\n{out.stdout}{out.stderr}"
