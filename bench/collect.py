@@ -8,7 +8,7 @@ SmolLM2-135M-like Llama: 30 blocks, d=576, 9 heads, 3 KV heads, MLP 1536), readi
     full forward            model(input_ids) with logits: the cost of running the whole model
     output_hidden_states    HF's way to read a layer: a full forward returning every hidden state
     nnsight .stop()         nnsight trace saving the layer, then tracer.stop() (if nnsight is installed)
-    probes collect          collect_encoded(..., layers=[mid], pooling="last"): the engine of probes.collect
+    probes collect          collect_encoded(..., layers=[mid], pooling="last"): the engine of probes.collect()
 Part 2 -- a dataset of mixed lengths (16-512 tokens) through collect in length-sorted batches versus the same
 batches in dataset order (unsorted), with the padding each one computes.
 
@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from probes.collect.collect import collect_encoded  # noqa: E402
+from probes.collection.collect import collect_encoded  # noqa: E402
 from probes.data.types import Encoded  # noqa: E402
 from probes.models import block_list  # noqa: E402
 

@@ -2,14 +2,14 @@
 
 The pipeline is the package layout::
 
-    probes.data      contrast datasets: rows, cards, validation, splits, chat rendering
-    probes.models    load_model, canonical site names (layers.N), model fingerprints
-    probes.collect   exact, early-stopping activation collection with a resumable disk cache
-    probes.train     probes with the scikit-learn contract (linear, mass-mean, MLP, token, attention)
-    probes.evaluate  AUROC with CIs, recall at a control-set FPR, calibration, baselines, plots
-    probes.package   probe bundles (safetensors + JSON, model fingerprint)
-    probes.monitor   streaming monitors that score every generated token and stop generation
-    probes.track     MLflow tracking
+    probes.data        contrast datasets: rows, cards, validation, splits, chat rendering
+    probes.models      load_model, canonical site names (layers.N), model fingerprints
+    probes.collection  exact, early-stopping activation collection with a resumable disk cache
+    probes.train       probes with the scikit-learn contract (linear, mass-mean, MLP, token, attention)
+    probes.evaluation  AUROC with CIs, recall at a control-set FPR, calibration, baselines, plots
+    probes.package     probe bundles (safetensors + JSON, model fingerprint)
+    probes.monitor     streaming monitors that score every generated token and stop generation
+    probes.track       MLflow tracking
     probes.config / probes.pipeline / probes.cli   config-driven runs and the ``probes`` command
 
 Names are imported lazily so that ``import probes`` (and ``probes --help``) stays instant.
@@ -32,9 +32,9 @@ _EXPORTS: dict[str, str] = {
     # models
     "load_model": "probes.models",
     # collect
-    "collect": "probes.collect",
-    "Activations": "probes.collect",
-    "RaggedTokens": "probes.collect",
+    "collect": "probes.collection",
+    "Activations": "probes.collection",
+    "RaggedTokens": "probes.collection",
     # train
     "LogisticProbe": "probes.train",
     "DiffMeansProbe": "probes.train",
@@ -44,11 +44,11 @@ _EXPORTS: dict[str, str] = {
     "save_probe": "probes.train",
     "load_probe": "probes.train",
     # evaluate
-    "evaluate": "probes.evaluate",
-    "EvalReport": "probes.evaluate",
-    "layer_sweep": "probes.evaluate",
-    "generalization_matrix": "probes.evaluate",
-    "text_baseline": "probes.evaluate",
+    "evaluate": "probes.evaluation",
+    "EvalReport": "probes.evaluation",
+    "layer_sweep": "probes.evaluation",
+    "generalization_matrix": "probes.evaluation",
+    "text_baseline": "probes.evaluation",
     # package / monitor
     "ProbeBundle": "probes.package",
     "Monitor": "probes.monitor",
@@ -77,10 +77,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.collect import Activations, RaggedTokens, collect
+    from probes.collection import Activations, RaggedTokens, collect
     from probes.config import RunConfig, load_config
     from probes.data import ContrastDataset, Example, Message, Target, load_dataset
-    from probes.evaluate import EvalReport, evaluate, generalization_matrix, layer_sweep, text_baseline
+    from probes.evaluation import EvalReport, evaluate, generalization_matrix, layer_sweep, text_baseline
     from probes.models import load_model
     from probes.monitor import Monitor, Trace
     from probes.package import ProbeBundle

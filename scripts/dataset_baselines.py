@@ -1,6 +1,6 @@
 """Measure the text-only baselines of the shipped datasets and write them into each ``card.yaml``.
 
-TF-IDF (word 1-2 grams) + logistic regression (``probes.evaluate.text_baseline``), trained and tested on
+TF-IDF (word 1-2 grams) + logistic regression (``probes.evaluation.text_baseline``), trained and tested on
 the same grouped splits a probe would use, once on the full text (the whole chat rendered plainly) and
 once on the detected span alone. If a text model reads the label off the span, a probe's AUROC on that span
 means nothing; if it reads it off the full text only, the probe must beat the span-only number by using
@@ -74,14 +74,14 @@ def _minilm_tokenizer():
 
 def measure(name: str) -> dict[str, float]:
     from probes import load_dataset
-    from probes.evaluate import text_baseline
+    from probes.evaluation import text_baseline
 
     ds = load_dataset(DATASETS / name)
     out: dict[str, float] = {}
     if all(ex.messages is not None and ex.target is not None for ex in ds.examples):
         # Where the span sits: the length of everything before it, used directly as a score. Far from 0.5
         # would mean a probe could read the label off position (e.g. position embeddings) alone.
-        from probes.evaluate.metrics import auroc
+        from probes.evaluation.metrics import auroc
 
         contexts = [" ".join(m.content for m in ex.messages[:-1]) for ex in ds.examples]
         out["context_chars_before_span_auroc"] = round(float(auroc(ds.labels, [len(c) for c in contexts])), 4)

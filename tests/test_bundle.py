@@ -200,7 +200,7 @@ def test_calibration_maps() -> None:
 @pytest.mark.parametrize("kind", ["platt", "isotonic"])
 def test_bundle_applies_evaluate_calibrators_as_fitted(tmp_path: Path, model, data, kind: str) -> None:
     # The bundle stores evaluate's own calibrator state and must reproduce its probabilities after a reload.
-    from probes.evaluate.calibration import make_calibrator
+    from probes.evaluation.calibration import make_calibrator
 
     X, y = data
     probe = LogisticProbe(C=0.5).fit(X, y)

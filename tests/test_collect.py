@@ -14,8 +14,8 @@ from conftest import build_tiny_model
 from torch import nn
 
 import probes
-from probes.collect import Activations, RaggedTokens, collect
-from probes.collect.collect import collect_encoded
+from probes.collection import Activations, RaggedTokens, collect
+from probes.collection.collect import collect_encoded
 from probes.data.card import DatasetCard
 from probes.data.dataset import ContrastDataset
 from probes.data.types import Encoded, Example, Target

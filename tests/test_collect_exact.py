@@ -15,7 +15,7 @@ import torch
 from conftest import TINY_ARCHS, build_tiny_model
 from torch import nn
 
-from probes.collect import collect
+from probes.collection import collect
 from probes.data.card import DatasetCard
 from probes.data.dataset import ContrastDataset
 from probes.data.render import encode_dataset

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probes.evaluate import confound_check, text_baseline
+from probes.evaluation import confound_check, text_baseline
 
 WORDS = [f"w{i}" for i in range(3000)]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from probes.errors import NotFittedError
-from probes.evaluate import (
+from probes.evaluation import (
     Calibrator,
     IsotonicCalibrator,
     PlattCalibrator,

@@ -17,7 +17,7 @@ import pytest
 @pytest.mark.filterwarnings("ignore:.*cut by max_length")  # a few long control prompts; expected
 def test_minilm_cities_with_benign_control(tmp_path: Path, minilm_path: Path, shared_data: Path) -> None:
     from probes import collect, load_dataset, load_model
-    from probes.evaluate import EvalReport, conformal_fpr_bound, evaluate, layer_sweep, text_baseline
+    from probes.evaluation import EvalReport, conformal_fpr_bound, evaluate, layer_sweep, text_baseline
 
     statements = load_dataset(
         shared_data / "geometry_of_truth" / "cities.csv", text="statement", group="city"

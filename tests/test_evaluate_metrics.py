@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from probes.evaluate import (
+from probes.evaluation import (
     accuracy,
     auprc,
     auroc,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes.collect.activations import Activations, RaggedTokens
-from probes.evaluate import EvalReport, PlattCalibrator, evaluate, text_baseline
+from probes.collection.activations import Activations, RaggedTokens
+from probes.evaluation import EvalReport, PlattCalibrator, evaluate, text_baseline
 from probes.train.base import Probe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -330,7 +330,7 @@ def test_library_probes_through_evaluate(fitted) -> None:
 
 def test_probes_evaluate_is_callable_after_submodule_import(fitted) -> None:
     import probes
-    import probes.evaluate  # binds the subpackage onto `probes`, shadowing the function of the same name
+    import probes.evaluation  # the subpackage has its own name, so the function `probes.evaluate` survives
 
     probe, test, control, _ = fitted
     assert isinstance(probes.evaluate(probe, test, control, n_bootstrap=10), EvalReport)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from probes.collect.activations import Activations
-from probes.evaluate import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
+from probes.collection.activations import Activations
+from probes.evaluation import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
 from probes.train.base import Probe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -135,7 +135,7 @@ def test_layer_sweep_with_library_probes(kind: str, params: dict[str, Any]) -> N
         assert all(isinstance(p, LogisticProbe) for p in result.probes.values())
         # the batched torch fit and a per-layer sklearn fit agree on the selected layer's val AUROC
         single = LogisticProbe(**params).fit(train["layers.3"], train.labels)
-        from probes.evaluate import auroc
+        from probes.evaluation import auroc
 
         val_auc = auroc(val.labels, single.decision_function(val["layers.3"]))
         assert result.table[3]["val_auroc"] == pytest.approx(val_auc, abs=0.01)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from probes.evaluate import conformal_n_needed, conformal_threshold, operating_point
+from probes.evaluation import conformal_n_needed, conformal_threshold, operating_point
 
 
 def test_conformal_rank_is_the_documented_order_statistic() -> None:
@@ -75,7 +75,7 @@ def test_held_out_fpr_interval_covers_the_true_fpr_at_nominal_rate() -> None:
 
 
 def test_fpr_bound_holds_per_threshold_at_its_confidence() -> None:
-    from probes.evaluate import conformal_fpr_bound
+    from probes.evaluation import conformal_fpr_bound
 
     alpha, n = 0.05, 199
     bound = conformal_fpr_bound(n, alpha, confidence=0.9)

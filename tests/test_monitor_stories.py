@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from conftest import STORIES
 
-from probes.collect import collect
+from probes.collection import collect
 from probes.data.card import DatasetCard
 from probes.data.dataset import ContrastDataset
 from probes.data.types import Example, Target

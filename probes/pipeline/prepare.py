@@ -16,7 +16,7 @@ from probes.errors import ConfigError, DatasetError
 from probes.pipeline.results import Reporter, _timed
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.collect import Activations
+    from probes.collection import Activations
     from probes.data import ContrastDataset
 
 
@@ -205,7 +205,7 @@ def _load_model(config: RunConfig, device: str | None = None) -> tuple[Any, Any]
 def _collect(
     prep_model: Any, tokenizer: Any, ds: ContrastDataset, sites: list[str], config: RunConfig
 ) -> Activations:
-    from probes.collect import collect
+    from probes.collection import collect
 
     return collect(
         prep_model,

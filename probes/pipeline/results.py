@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from probes.config import RunConfig
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.evaluate import EvalReport
+    from probes.evaluation import EvalReport
     from probes.track import TrackingOutcome
 
 log = logging.getLogger("probes")

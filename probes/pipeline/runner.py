@@ -28,7 +28,7 @@ from probes.pipeline.results import LogReporter, Reporter, RunResult, _fmt, _tim
 from probes.pipeline.sweep import _site_index, _sweep
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.collect import Activations
+    from probes.collection import Activations
     from probes.data import ContrastDataset
     from probes.track import TrackingOutcome
 
@@ -39,7 +39,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     Local outputs are always written before tracking starts, so an unreachable MLflow server never loses
     results (``tracking.on_error: fail`` then raises :class:`probes.errors.TrackingError` afterwards).
     """
-    from probes.evaluate import evaluate
+    from probes.evaluation import evaluate
 
     reporter = reporter or LogReporter()
     prep = _prepare(config, reporter)
@@ -157,7 +157,7 @@ def _generalization(prep: _Prepared, site: str, params: dict[str, Any]) -> tuple
 
     Returns (matrix or None, a note when it had to be skipped).
     """
-    from probes.evaluate import generalization_matrix
+    from probes.evaluation import generalization_matrix
 
     config = prep.config
     datasets = {prep.train_ds.name: (prep.acts["train"], prep.acts["test"])}
@@ -191,7 +191,7 @@ def _baselines(
     train: ContrastDataset, test: ContrastDataset, config: RunConfig, *, same_source: bool
 ) -> dict[str, Any]:
     """TF-IDF baselines on the full text and on the detected span; failures become notes, not crashes."""
-    from probes.evaluate import text_baseline
+    from probes.evaluation import text_baseline
 
     out: dict[str, Any] = {}
     groups = (

@@ -34,7 +34,7 @@ from probes.pipeline.results import EvaluateResult, LogReporter, Reporter, Train
 from probes.pipeline.sweep import _probe_params, _sweep
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.collect import Activations
+    from probes.collection import Activations
     from probes.data import ContrastDataset
 
 
@@ -48,7 +48,7 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
     """Collect, sweep, choose the layer on validation and save the bundle (thresholds from the control set)."""
     import numpy as np
 
-    from probes.evaluate import conformal_threshold
+    from probes.evaluation import conformal_threshold
 
     reporter = reporter or LogReporter()
     prep = _prepare(config, reporter)
@@ -94,7 +94,7 @@ def evaluate_run(
     import numpy as np
     import torch
 
-    from probes.evaluate import evaluate
+    from probes.evaluation import evaluate
     from probes.package import ProbeBundle
 
     reporter = reporter or LogReporter()

@@ -40,7 +40,7 @@ def _probe_params(kind: str, params: dict[str, Any], seed: int) -> dict[str, Any
 
 def _sweep(prep: _Prepared, reporter: Reporter) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
     """Fit every (grid point, layer) on train; keep the best by validation AUROC. Returns (sweep, params, rows)."""
-    from probes.evaluate import auroc, layer_sweep
+    from probes.evaluation import auroc, layer_sweep
 
     config = prep.config
     best: tuple[float, Any, dict[str, Any]] | None = None

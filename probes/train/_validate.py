@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probes.collect.activations import RaggedTokens
+from probes.collection.activations import RaggedTokens
 
 ArrayLike = np.ndarray | torch.Tensor
 

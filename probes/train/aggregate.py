@@ -1,7 +1,7 @@
 """How per-token scores become one score per sequence, batch and streaming, in plain torch.
 
 Token scores arrive flat: ``scores`` is ``(T,)`` and ``offsets`` ``(n + 1,)`` marks sequence ``i`` as
-``scores[offsets[i]:offsets[i + 1]]`` (the :class:`~probes.collect.activations.RaggedTokens` layout).
+``scores[offsets[i]:offsets[i + 1]]`` (the :class:`~probes.collection.activations.RaggedTokens` layout).
 Every aggregation is defined by its *running* value ``r_t`` after token ``t`` of a sequence
 (``t = 0, 1, ...``); the sequence score is the running value at the last token. A streaming monitor
 computes ``r_t`` token by token with :class:`StreamingAggregator` and must reproduce these numbers:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import torch
 
-from probes.collect.activations import RaggedTokens
+from probes.collection.activations import RaggedTokens
 from probes.errors import NotFittedError
 
 P = TypeVar("P", bound="Probe")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from probes.collect.activations import RaggedTokens
+from probes.collection.activations import RaggedTokens
 from probes.errors import BundleError
 from probes.train._validate import (
     check_groups,

@@ -46,7 +46,7 @@ def roc_curve_plot(
     """
     from sklearn.metrics import roc_curve
 
-    from probes.evaluate.metrics import auroc
+    from probes.evaluation.metrics import auroc
 
     y_arr, s_arr = np.asarray(y), np.asarray(scores, dtype=np.float64)
     fpr, tpr, _ = roc_curve(y_arr, s_arr)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.evaluate.metrics import clopper_pearson
+from probes.evaluation.metrics import clopper_pearson
 
 
 def conformal_n_needed(target_fpr: float) -> int:

@@ -8,19 +8,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from probes.evaluate.baseline import BaselineResult, confound_check
-from probes.evaluate.calibration import (
+from probes.evaluation.baseline import BaselineResult, confound_check
+from probes.evaluation.calibration import (
     brier_score,
     expected_calibration_error,
     make_calibrator,
     reliability_curve,
 )
-from probes.evaluate.metrics import accuracy, auprc, auroc, group_codes, with_ci
-from probes.evaluate.report import EvalReport
-from probes.evaluate.thresholds import operating_point
+from probes.evaluation.metrics import accuracy, auprc, auroc, group_codes, with_ci
+from probes.evaluation.report import EvalReport
+from probes.evaluation.thresholds import operating_point
 
 if TYPE_CHECKING:
-    from probes.collect.activations import Activations
+    from probes.collection.activations import Activations
     from probes.train.base import Probe
 
 # What `test=`, `control=` and `calibration=` accept.

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from probes.evaluate.core import evaluate, probe_kind, resolve_site
-from probes.evaluate.metrics import auroc, with_ci
-from probes.evaluate.report import EvalReport, _fmt, _fmt_ci, _fmt_pct
+from probes.evaluation.core import evaluate, probe_kind, resolve_site
+from probes.evaluation.metrics import auroc, with_ci
+from probes.evaluation.report import EvalReport, _fmt, _fmt_ci, _fmt_pct
 
 if TYPE_CHECKING:
-    from probes.collect.activations import Activations
+    from probes.collection.activations import Activations
     from probes.train.base import Probe
 
 ProbeSpec = str | Callable[[], Any]
@@ -103,7 +103,7 @@ class SweepResult:
         }
 
     def plot(self, path: str | Path) -> Path:
-        from probes.evaluate.plots import layer_sweep_plot
+        from probes.evaluation.plots import layer_sweep_plot
 
         return layer_sweep_plot(
             self.table, path, best_layer=self.best_layer, title=f"Layer sweep · {self.probe_kind}"
@@ -222,7 +222,7 @@ class GeneralizationResult:
         }
 
     def plot(self, path: str | Path) -> Path:
-        from probes.evaluate.plots import generalization_heatmap
+        from probes.evaluation.plots import generalization_heatmap
 
         return generalization_heatmap(
             self.auroc, self.names, path, title=f"Generalisation AUROC · {self.probe_kind} · {self.layer}"

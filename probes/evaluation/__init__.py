@@ -11,12 +11,8 @@
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
-
-from probes.evaluate.baseline import BaselineResult, confound_check, text_baseline
-from probes.evaluate.calibration import (
+from probes.evaluation.baseline import BaselineResult, confound_check, text_baseline
+from probes.evaluation.calibration import (
     Calibrator,
     IsotonicCalibrator,
     PlattCalibrator,
@@ -24,8 +20,8 @@ from probes.evaluate.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
-from probes.evaluate.core import evaluate
-from probes.evaluate.metrics import (
+from probes.evaluation.core import evaluate
+from probes.evaluation.metrics import (
     accuracy,
     auprc,
     auroc,
@@ -34,9 +30,9 @@ from probes.evaluate.metrics import (
     clopper_pearson,
     with_ci,
 )
-from probes.evaluate.report import EvalReport
-from probes.evaluate.sweep import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
-from probes.evaluate.thresholds import (
+from probes.evaluation.report import EvalReport
+from probes.evaluation.sweep import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
+from probes.evaluation.thresholds import (
     OperatingPoint,
     conformal_fpr_bound,
     conformal_n_needed,
@@ -73,15 +69,3 @@ __all__ = [
     "text_baseline",
     "with_ci",
 ]
-
-
-class _CallablePackage(types.ModuleType):
-    """Once imported, the subpackage ``probes.evaluate`` hides the public function ``probes.evaluate``
-    (Python binds submodules onto their parent); calling the package calls the function, so
-    ``probes.evaluate(probe, test, ...)`` works whatever was imported first (as ``probes.collect`` does)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> EvalReport:
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage

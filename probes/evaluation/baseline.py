@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.evaluate.metrics import auprc, auroc, with_ci
+from probes.evaluation.metrics import auprc, auroc, with_ci
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from probes.evaluate.thresholds import OperatingPoint, _from_json_float, _json_float
+from probes.evaluation.thresholds import OperatingPoint, _from_json_float, _json_float
 
 SCHEMA_VERSION = 1
 
@@ -276,7 +276,7 @@ class EvalReport:
         ROC and histograms need the raw scores (``keep_scores=True``, the default); without them only the
         reliability diagram is written.
         """
-        from probes.evaluate import plots
+        from probes.evaluation import plots
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes.collect.activations import Activations, Features, RaggedTokens
-from probes.collect.cache import ActivationCache, ShardBuffer
+from probes.collection.activations import Activations, Features, RaggedTokens
+from probes.collection.cache import ActivationCache, ShardBuffer
 from probes.data.types import Encoded
 from probes.errors import CacheError, DatasetError, SiteError
 from probes.models.sites import (
