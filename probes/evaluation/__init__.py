@@ -5,13 +5,21 @@
   at them on test positives and the empirical FPR on held-out control, each with an exact binomial CI;
   ECE/Brier/reliability, optionally after Platt or isotonic calibration fitted on a calibration split.
 - :func:`text_baseline`: TF-IDF + logistic regression on the same splits — if the text alone scores as well
-  as the probe, the dataset is confounded (:func:`confound_check`).
+  as the probe, the dataset is confounded (:func:`confound_check`). :func:`length_baseline` does the same
+  with token counts (:func:`length_features`: tokens before the target, target tokens, total), which
+  exposes a probe that reads position or length.
 - :func:`layer_sweep` (choose the site on validation only) and :func:`generalization_matrix`.
 """
 
 from __future__ import annotations
 
-from probes.evaluation.baseline import BaselineResult, confound_check, text_baseline
+from probes.evaluation.baseline import (
+    BaselineResult,
+    confound_check,
+    length_baseline,
+    length_features,
+    text_baseline,
+)
 from probes.evaluation.calibration import (
     Calibrator,
     IsotonicCalibrator,
@@ -64,6 +72,8 @@ __all__ = [
     "expected_calibration_error",
     "generalization_matrix",
     "layer_sweep",
+    "length_baseline",
+    "length_features",
     "operating_point",
     "reliability_curve",
     "text_baseline",
