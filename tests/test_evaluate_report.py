@@ -202,6 +202,30 @@ def test_confound_warning_from_text_baselines(fitted) -> None:
     assert not any("confounded" in w for w in clean.warnings)
 
 
+def test_length_baseline_is_recorded_and_warns_about_position(fitted) -> None:
+    from probes.evaluation import length_baseline
+
+    probe, test, control, _ = fitted
+    report = evaluate(probe, test, control, n_bootstrap=50)
+    assert report.length_baseline_auroc is None and "length_baseline_auroc" in report.summary_row()
+    # Row lengths that follow the label exactly: the length baseline matches the probe, so it must warn.
+    X = np.column_stack([3 + 20 * test.labels, np.full(len(test), 7), 10 + 20 * test.labels])
+    confounded = length_baseline(X, test.labels, X, test.labels, n_bootstrap=50)
+    report.add_length_baseline(confounded)
+    assert report.length_baseline_auroc == confounded.auroc == 1.0
+    assert report.length_baseline_auroc_ci == tuple(confounded.auroc_ci)
+    assert any("position or length" in w for w in report.warnings)
+    assert report.metrics()["length_baseline_auroc"] == 1.0
+    assert "length baseline AUROC" in str(report)
+    assert EvalReport.from_json(report.to_json()) == report
+    clean = evaluate(probe, test, control, n_bootstrap=50)
+    clean.add_length_baseline(0.55)
+    assert clean.length_baseline_auroc == 0.55 and clean.length_baseline_auroc_ci is None
+    assert not any("position or length" in w for w in clean.warnings)
+    with pytest.raises(TypeError, match="BaselineResult"):
+        clean.add_length_baseline("0.5")
+
+
 def test_token_level_probe_gets_ragged_tokens() -> None:
     rng = np.random.default_rng(0)
     n = 200

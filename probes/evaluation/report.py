@@ -27,6 +27,7 @@ _FLOAT_FIELDS = (
     "brier_uncalibrated",
     "text_baseline_auroc",
     "text_baseline_span_auroc",
+    "length_baseline_auroc",
 )
 _PAIR_FIELDS = (
     "auroc_ci",
@@ -36,6 +37,7 @@ _PAIR_FIELDS = (
     "empirical_fpr_ci",
     "text_baseline_auroc_ci",
     "text_baseline_span_auroc_ci",
+    "length_baseline_auroc_ci",
 )
 
 
@@ -103,6 +105,9 @@ class EvalReport:
     text_baseline_auroc_ci: tuple[float, float] | None = None
     text_baseline_span_auroc: float | None = None
     text_baseline_span_auroc_ci: tuple[float, float] | None = None
+    # Logistic regression on token counts (probes.evaluation.length_baseline): the position/length confound.
+    length_baseline_auroc: float | None = None
+    length_baseline_auroc_ci: tuple[float, float] | None = None
     n_bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
@@ -111,6 +116,25 @@ class EvalReport:
     # can be recomputed from the JSON alone; None when evaluate(..., keep_scores=False).
     scores: dict[str, list[float]] | None = None
     schema_version: int = SCHEMA_VERSION
+
+    # --- baselines added after evaluate ----------------------------------------------------------
+    def add_length_baseline(self, baseline: Any, *, margin: float = 0.05) -> None:
+        """Record the length/position baseline (a ``BaselineResult`` or an AUROC) on the same test rows,
+        and warn (:func:`~probes.evaluation.confound_check`) when it comes within ``margin`` of the probe."""
+        from probes.evaluation.baseline import BaselineResult, confound_check
+
+        if isinstance(baseline, BaselineResult):
+            value, ci = baseline.auroc, (float(baseline.auroc_ci[0]), float(baseline.auroc_ci[1]))
+        elif isinstance(baseline, int | float) and not isinstance(baseline, bool):
+            value, ci = float(baseline), None
+        else:
+            raise TypeError(
+                f"a length baseline must be a BaselineResult or an AUROC float, got {type(baseline).__name__}."
+            )
+        self.length_baseline_auroc, self.length_baseline_auroc_ci = value, ci
+        msg = confound_check(self.auroc, value, margin, what="length/position")
+        if msg:
+            self.warnings.append(msg)
 
     # --- serialisation ----------------------------------------------------------------------------
     def to_dict(self, include_scores: bool = True) -> dict[str, Any]:
@@ -187,6 +211,7 @@ class EvalReport:
             "ece_uncalibrated": self.ece_uncalibrated,
             "text_baseline_auroc": self.text_baseline_auroc,
             "text_baseline_span_auroc": self.text_baseline_span_auroc,
+            "length_baseline_auroc": self.length_baseline_auroc,
         }
         for op in self.operating_points:
             tag = f"{op.target_fpr:g}"
@@ -251,6 +276,12 @@ class EvalReport:
                 "span-only baseline AUROC",
                 _fmt(self.text_baseline_span_auroc),
                 _fmt_ci(self.text_baseline_span_auroc_ci),
+            )
+        if self.length_baseline_auroc is not None:
+            table.add_row(
+                "length baseline AUROC",
+                _fmt(self.length_baseline_auroc),
+                _fmt_ci(self.length_baseline_auroc_ci),
             )
         if not self.warnings:
             return table
