@@ -302,6 +302,11 @@ class EvaluationConfig(_Strict):
     text_baselines: bool = Field(
         True, description="TF-IDF + logistic baselines on the full text and the span."
     )
+    length_baseline: bool = Field(
+        True,
+        description="Logistic baseline on token counts (before the span, span, total): exposes a probe "
+        "that reads position or length.",
+    )
     generalization_matrix: bool = Field(False, description="Train on each dataset, test on every other.")
     plots: bool = Field(
         True, description="Write PNG plots (layer sweep, ROC, scores, reliability) to plots/."

@@ -38,6 +38,10 @@ def test_minimal_config_fills_defaults(tmp_path: Path) -> None:
     assert cfg.data.train.paths == ["data.jsonl"]
     assert cfg.layers == "all" and cfg.pooling == "last" and cfg.probe.kind == "logistic"
     assert cfg.evaluation.target_fprs == [0.01]
+    assert cfg.evaluation.text_baselines and cfg.evaluation.length_baseline  # baselines are on by default
+    assert not load_config(
+        _write(tmp_path, MINIMAL), ["evaluation.length_baseline=false"]
+    ).evaluation.length_baseline
     assert cfg.tracking.enabled and cfg.tracking.tracking_uri is None and cfg.tracking.on_error == "warn"
     assert cfg.run_name == "run" and cfg.source == str(tmp_path / "run.yaml")
 

@@ -205,6 +205,29 @@ def test_eval_sets_and_baselines_are_reported(tiny_run) -> None:
     assert "text" in tiny_run.baselines
 
 
+def test_length_baseline_is_reported_beside_the_text_baselines(tiny_run) -> None:
+    from transformers import AutoTokenizer
+
+    from probes.data import encode_dataset, load_dataset
+    from probes.evaluation import length_features
+
+    report = json.loads((tiny_run.run_dir / "report.json").read_text())
+    length = report["baselines"]["length"]
+    splits = report["splits"]
+    assert length["n_train"] == splits["train"]["rows"] and length["n_test"] == splits["test"]["rows"]
+    assert length["n_features"] == 3 and 0.0 <= length["auroc"] <= 1.0
+    assert report["test"]["length_baseline_auroc"] == tiny_run.test.length_baseline_auroc == length["auroc"]
+    fresh = tiny_run.evals["fresh"]
+    assert fresh.length_baseline_auroc is not None
+    assert report["evals"]["fresh"]["length_baseline_auroc"] == fresh.length_baseline_auroc
+    # The features are token counts of the same encoding collection used.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_run.config.model.name_or_path)
+    ds = load_dataset(tiny_run.config.data.train.paths[0])
+    feats = length_features(encode_dataset(ds, tokenizer, max_length=tiny_run.config.data.max_length))
+    assert (feats[:, 0] + feats[:, 1] <= feats[:, 2]).all() and (feats[:, 1] > 0).all()
+    assert tiny_run.summary()["test"]["length_baseline_auroc"] == length["auroc"]
+
+
 def test_generalization_matrix_is_trained_and_plotted(tiny_run) -> None:
     g = tiny_run.generalization
     assert g is not None and g.names == ["moods", "fresh"] and g.layer == tiny_run.layer
@@ -220,6 +243,7 @@ def test_result_table_renders(tiny_run) -> None:
     console.print(tiny_run.table())
     text = console.export_text()
     assert tiny_run.layer in text and "AUROC" in text and "eval:fresh" in text
+    assert "length AUROC" in text and f"{tiny_run.test.length_baseline_auroc:.3f}" in text
 
 
 def test_holdout_frames_go_to_test_only(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -290,6 +314,7 @@ def test_grid_control_folder_and_single_class_eval(tmp_path: Path, tiny_model_di
             f"data.control={folder}",
             f"data.eval.benign={folder}",
             "evaluation.calibration=isotonic",
+            "evaluation.length_baseline=false",
         ],
     )
     result = run(cfg)
@@ -298,6 +323,7 @@ def test_grid_control_folder_and_single_class_eval(tmp_path: Path, tiny_model_di
     benign = result.evals["benign"]
     assert isinstance(benign, dict) and benign["n"] == 80 and 0.0 <= benign["flag_rate"] <= 0.5
     assert result.test.text_baseline_auroc is None  # text_baselines: false
+    assert result.test.length_baseline_auroc is None and "length" not in result.baselines
     assert not (result.run_dir / "plots").exists()  # plots: false
     manifest = json.loads((result.bundle_dir / "manifest.json").read_text())
     assert manifest["probes"][0]["calibration"]["kind"] == "isotonic"

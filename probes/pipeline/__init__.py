@@ -5,7 +5,7 @@ A run, step by step::
     load datasets → split train (grouped, seeded, holdout) → load model → collect activations (cached)
     → layer sweep on train, pick the layer (and grid point) on validation only
     → evaluate on test with the control set (thresholds at the target FPRs), calibrate on validation,
-      text-only baselines (full text and detected span) → eval sets → generalisation matrix (optional)
+      text-only baselines (full text and detected span), length/position baseline → eval sets → generalisation matrix (optional)
     → write <output_dir>/<name>-<timestamp>/ (report.json, plots/, bundle/, config.yaml) → log to MLflow
 
 The modules follow those steps: ``prepare`` (datasets, splits, model, activations), ``sweep`` (choosing the

@@ -125,6 +125,7 @@ class RunResult:
                 "ece": t.ece,
                 "text_baseline_auroc": t.text_baseline_auroc,
                 "text_baseline_span_auroc": t.text_baseline_span_auroc,
+                "length_baseline_auroc": t.length_baseline_auroc,
             },
             "evals": {k: _eval_summary(v) for k, v in self.evals.items()},
             "bundle": str(self.bundle_dir) if self.bundle_dir else None,
@@ -164,13 +165,14 @@ class RunResult:
             "ECE",
             "text AUROC",
             "span AUROC",
+            "length AUROC",
         ):
             results.add_column(column, justify="left" if column in ("set", "layer") else "right")
         rows = [("test", self.test)] + [(f"eval:{k}", v) for k, v in self.evals.items()]
         for name, rep in rows:
             if isinstance(rep, dict):  # a single-class eval set: only its flag rate is defined
                 results.add_row(
-                    name, self.layer, "-", "-", f"flags {_pct(rep.get('flag_rate'))}", "-", "-", "-"
+                    name, self.layer, "-", "-", f"flags {_pct(rep.get('flag_rate'))}", "-", "-", "-", "-"
                 )
                 continue
             results.add_row(
@@ -182,6 +184,7 @@ class RunResult:
                 _fmt(rep.ece),
                 _fmt(rep.text_baseline_auroc),
                 _fmt(rep.text_baseline_span_auroc),
+                _fmt(rep.length_baseline_auroc),
             )
         if any(not isinstance(r, dict) and r.threshold_source != "control" for _, r in rows):
             results.caption = "* no control set: threshold and FPR from test negatives"

@@ -1,6 +1,7 @@
 """``probes.run(config)``: the whole experiment in one call. After ``_prepare`` (data, splits, model,
 activations) and the validation-chosen layer sweep, it evaluates the chosen probe on test with the control set
-(thresholds at the target FPRs, calibration fitted on validation), adds the text-only baselines, scores each
+(thresholds at the target FPRs, calibration fitted on validation), adds the text-only and length/position
+baselines, scores each
 eval set, optionally builds the generalisation matrix, writes the run folder, and only then logs to MLflow, so
 an unreachable tracking server never loses results.
 """
@@ -60,6 +61,9 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             if ev.text_baselines
             else {}
         )
+        lengths = _LengthBaseline(prep) if ev.length_baseline else None
+        if lengths is not None:
+            baselines.update(lengths.fit_and_score(prep.splits["test"], same_source=True))
         calibrate = None if ev.calibration == "none" else ev.calibration
         common = {
             "layer": site,
@@ -77,6 +81,8 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             name=prep.train_ds.name,
             **common,
         )
+        if "length" in baselines:
+            test_report.add_length_baseline(baselines["length"])
         evals: dict[str, Any] = {}
         for name, ds in prep.eval_ds.items():
             acts = prep.acts[f"eval.{name}"]
@@ -92,6 +98,12 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
                 name=name,
                 **common,
             )
+            if lengths is not None:
+                lb = lengths.fit_and_score(ds, same_source=False)
+                if "length" in lb:
+                    evals[name].add_length_baseline(lb["length"])
+                elif "length_error" in lb:
+                    evals[name].warnings.append(f"length baseline: {lb['length_error']}")
 
     generalization = None
     warns = list(prep.warnings)
@@ -218,6 +230,57 @@ def _baselines(
     return out
 
 
+class _LengthBaseline:
+    """The length/position baseline: token counts of each row, encoded exactly as collection encodes them
+    (same tokenizer, ``max_length`` and chat template); the train split is encoded once and reused for
+    every set it is scored on."""
+
+    def __init__(self, prep: _Prepared) -> None:
+        self._prep = prep
+        self._train = prep.splits["train"]
+        self._model: tuple[Any, Any, Any] | None = None  # (train features, labels, groups)
+
+    def _features(self, ds: ContrastDataset) -> Any:
+        import warnings
+
+        from probes.data import encode_dataset
+        from probes.evaluation import length_features
+
+        config = self._prep.config
+        with warnings.catch_warnings():  # collection already warned about targets cut by max_length
+            warnings.simplefilter("ignore", UserWarning)
+            encoded = encode_dataset(
+                ds,
+                self._prep.tokenizer,
+                max_length=config.data.max_length,
+                chat_template=config.data.chat_template,
+            )
+        return length_features(encoded)
+
+    def fit_and_score(self, test: ContrastDataset, *, same_source: bool) -> dict[str, Any]:
+        """``{"length": BaselineResult}`` on ``test``, or ``{"length_error": why}``; never raises ValueError."""
+        from probes.evaluation import length_baseline
+
+        config = self._prep.config
+        try:
+            if self._model is None:
+                self._model = (self._features(self._train), self._train.labels, self._train.groups)
+            X_train, y_train, g_train = self._model
+            result = length_baseline(
+                X_train,
+                y_train,
+                self._features(test),
+                test.labels,
+                train_groups=g_train if same_source else None,
+                test_groups=test.groups,
+                n_bootstrap=config.evaluation.bootstrap,
+                seed=config.seed,
+            )
+        except ValueError as exc:  # e.g. a train split with one class
+            return {"length_error": str(exc)}
+        return {"length": result}
+
+
 def _baseline_results(baselines: dict[str, Any]) -> dict[str, Any] | None:
     """The baseline results evaluate takes (``text``/``span``), without the notes of ones that failed."""
     return {k: v for k, v in baselines.items() if k in ("text", "span")} or None
@@ -259,7 +322,7 @@ def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
             metrics[f"eval_{key}_flag_rate"] = rep["flag_rate"]
         else:
             metrics.update({f"eval_{key}_{k}": v for k, v in rep.metrics().items()})
-    for key in ("text", "span"):
+    for key in ("text", "span", "length"):
         b = result.baselines.get(key)
         if b is not None:
             metrics[f"baseline_{key}_auroc"] = b.auroc
