@@ -49,6 +49,7 @@ _EXPORTS: dict[str, str] = {
     "layer_sweep": "probes.evaluation",
     "generalization_matrix": "probes.evaluation",
     "text_baseline": "probes.evaluation",
+    "length_baseline": "probes.evaluation",
     # package / monitor
     "ProbeBundle": "probes.package",
     "Monitor": "probes.monitor",
@@ -80,7 +81,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from probes.collection import Activations, RaggedTokens, collect
     from probes.config import RunConfig, load_config
     from probes.data import ContrastDataset, Example, Message, Target, load_dataset
-    from probes.evaluation import EvalReport, evaluate, generalization_matrix, layer_sweep, text_baseline
+    from probes.evaluation import (
+        EvalReport,
+        evaluate,
+        generalization_matrix,
+        layer_sweep,
+        length_baseline,
+        text_baseline,
+    )
     from probes.models import load_model
     from probes.monitor import Monitor, Trace
     from probes.package import ProbeBundle
