@@ -387,3 +387,23 @@ def test_quickstart_config_runs_on_minilm_subsample(tmp_path: Path, monkeypatch:
     assert (result.run_dir / "bundle" / "manifest.json").is_file()
     manifest = json.loads((result.run_dir / "bundle" / "manifest.json").read_text())
     assert manifest["model"]["num_layers"] == 6 and manifest["model"]["hidden_size"] == 384
+
+
+def test_a_run_that_crashes_while_writing_leaves_no_finished_looking_folder(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from probes.config import load_config
+    from probes.evaluation import EvalReport
+    from probes.pipeline import run
+
+    cfg = load_config(write_tiny_project(tmp_path, tiny_model_dir), ["evaluation.plots=true"])
+
+    def broken_plots(self, out_dir):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(EvalReport, "plots", broken_plots)
+    with pytest.raises(OSError, match="disk full"):
+        run(cfg)
+    folders = list(Path(cfg.output_dir).iterdir())
+    assert folders and all(f.name.endswith(".partial") for f in folders)
+    assert not any((f / "report.json").exists() for f in folders)

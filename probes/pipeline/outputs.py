@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 from datetime import datetime
 from pathlib import Path
@@ -28,16 +29,32 @@ def _slug(text: str) -> str:
 
 
 def _new_run_dir(config: RunConfig) -> Path:
-    """A fresh ``<output_dir>/<run name>-<timestamp>[-n]/`` holding the resolved ``config.yaml``."""
+    """A fresh staging folder ``<output_dir>/<run name>-<timestamp>[-n].partial/`` holding ``config.yaml``.
+
+    Outputs are written there and :func:`_publish_run_dir` renames it to its final name once complete, so a
+    crashed run never leaves a folder that looks finished.
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(config.output_dir) / f"{_slug(config.run_name)}-{stamp}"
     path, n = base, 1
-    while path.exists():
+    while path.exists() or _staging(path).exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
-    (path / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    return path
+    staging = _staging(path)
+    staging.mkdir(parents=True)
+    (staging / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    return staging
+
+
+def _staging(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+def _publish_run_dir(staging: Path) -> Path:
+    """Rename a complete staging folder to its final name (atomic on one filesystem)."""
+    final = staging.with_name(staging.name.removesuffix(".partial"))
+    os.replace(staging, final)
+    return final
 
 
 def _save_bundle(

@@ -18,6 +18,7 @@ from probes.errors import DatasetError
 from probes.pipeline.outputs import (
     _datasets_info,
     _new_run_dir,
+    _publish_run_dir,
     _report_dict,
     _save_bundle,
     _thresholds_from_report,
@@ -154,6 +155,8 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             datasets=_datasets_info(prep),
         )
         _write_json(run_dir / "report.json", _report_dict(result, prep))
+        result.run_dir = run_dir = _publish_run_dir(run_dir)
+        result.bundle_dir = run_dir / bundle_dir.name
 
     if config.tracking.enabled:
         with _timed(timings, "track", reporter, "Logging to MLflow"):

@@ -15,6 +15,7 @@ from probes.errors import ConfigError, DatasetError
 from probes.pipeline.outputs import (
     _dataset_info,
     _new_run_dir,
+    _publish_run_dir,
     _save_bundle,
     _slug,
     _threshold_record,
@@ -71,6 +72,8 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
     _write_json(
         run_dir / "sweep.json", {"chosen_layer": site, "selected_on": "validation AUROC", "sweep": rows}
     )
+    run_dir = _publish_run_dir(run_dir)
+    bundle_dir = run_dir / bundle_dir.name
     return TrainResult(
         run_dir=run_dir,
         bundle_dir=bundle_dir,
