@@ -158,26 +158,22 @@ class RunResult:
         )
         for column in (
             "set",
-            "layer",
             "AUROC [95% CI]",
             f"recall@{_pct(fpr)}FPR",
             "FPR held-out",
             "ECE",
-            "text AUROC",
-            "span AUROC",
-            "length AUROC",
+            "text",
+            "span",
+            "length",
         ):
-            results.add_column(column, justify="left" if column in ("set", "layer") else "right")
+            results.add_column(column, justify="left" if column == "set" else "right", no_wrap=True)
         rows = [("test", self.test)] + [(f"eval:{k}", v) for k, v in self.evals.items()]
         for name, rep in rows:
             if isinstance(rep, dict):  # a single-class eval set: only its flag rate is defined
-                results.add_row(
-                    name, self.layer, "-", "-", f"flags {_pct(rep.get('flag_rate'))}", "-", "-", "-", "-"
-                )
+                results.add_row(name, "-", "-", f"flags {_pct(rep.get('flag_rate'))}", "-", "-", "-", "-")
                 continue
             results.add_row(
                 name,
-                self.layer,
                 _fmt(rep.auroc) + _fmt_ci(rep.auroc_ci),
                 _pct(rep.recall_at_fpr),
                 _pct(rep.empirical_fpr) + ("" if rep.threshold_source == "control" else "*"),
@@ -186,8 +182,11 @@ class RunResult:
                 _fmt(rep.text_baseline_span_auroc),
                 _fmt(rep.length_baseline_auroc),
             )
+        results.caption = (
+            "text / span / length: AUROC of baselines (TF-IDF on the full text, on the span; length features)"
+        )
         if any(not isinstance(r, dict) and r.threshold_source != "control" for _, r in rows):
-            results.caption = "* no control set: threshold and FPR from test negatives"
+            results.caption += "\n* no control set: threshold and FPR from test negatives"
         parts: list[Any] = [sweep, results]
         if self.generalization is not None:
             parts.append(self.generalization)
