@@ -2,52 +2,22 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from probes.errors import BundleError
+from probes.train._torch_fit import check_training_params, standardizer, train_early_stopped
 from probes.train._validate import (
     check_groups,
     check_labels,
     check_matrix,
     check_n_features,
     holdout_split,
-    threads_for,
 )
 from probes.train.base import ArrayLike, Probe, register_probe
 
 _STATE = ("hidden_weight", "hidden_bias", "out_weight", "out_bias", "mean", "scale")
-
-
-def check_training_params(
-    who: str, lr: float, max_epochs: int, batch_size: int, val_fraction: float, patience: int
-) -> None:
-    if not float(lr) > 0:
-        raise ValueError(f"{who}: lr must be > 0; got {lr}.")
-    if int(max_epochs) < 1 or int(batch_size) < 1 or int(patience) < 1:
-        raise ValueError(
-            f"{who}: max_epochs, batch_size and patience must be >= 1; got {max_epochs}, {batch_size}, {patience}."
-        )
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(f"{who}: val_fraction must be in [0, 1); got {val_fraction}.")
-
-
-class EarlyStopping:
-    """Keeps the parameters of the epoch with the lowest validation loss; says when to stop."""
-
-    def __init__(self, patience: int) -> None:
-        self.patience, self.best, self.best_epoch, self.bad, self.state = patience, float("inf"), -1, 0, None
-
-    def step(self, epoch: int, val_loss: float, params: dict[str, torch.Tensor]) -> bool:
-        """Record one epoch; return True when training should stop."""
-        if self.state is None or val_loss < self.best - 1e-6 * max(1.0, abs(self.best)):
-            self.best, self.best_epoch, self.bad = val_loss, epoch, 0
-            self.state = {k: v.detach().clone() for k, v in params.items()}
-            return False
-        self.bad += 1
-        return self.bad >= self.patience
 
 
 @register_probe
@@ -113,13 +83,7 @@ class MLPProbe(Probe):
         dev = torch.device(self.device)
         X_all = Xt.to(dev, torch.float32)
         Xtr = X_all[torch.as_tensor(tr, device=dev)]
-        if self.standardize:
-            mean = Xtr.double().mean(0)
-            std = Xtr.double().std(0, correction=0)
-            std = torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
-        else:
-            mean = torch.zeros(Xt.shape[1], dtype=torch.float64, device=dev)
-            std = torch.ones(Xt.shape[1], dtype=torch.float64, device=dev)
+        mean, std = standardizer(Xtr if self.standardize else None, Xt.shape[1], dev)
         m32, s32 = mean.float(), std.float()
         Xtr = (Xtr - m32) / s32
         Xva = (X_all[torch.as_tensor(va, device=dev)] - m32) / s32
@@ -135,30 +99,22 @@ class MLPProbe(Probe):
                 torch.nn.Linear(int(self.hidden), 1),
             )
         net = net.to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=float(self.lr), weight_decay=float(self.weight_decay))
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        gen = torch.Generator().manual_seed(int(self.seed))
-        stopper = EarlyStopping(int(self.patience))
-        bs = int(self.batch_size)
-        epoch = 0
-        with threads_for(float(bs) * Xt.shape[1] * int(self.hidden), dev):
-            for epoch in range(int(self.max_epochs)):
-                net.train()
-                for idx in torch.randperm(len(tr), generator=gen).split(bs):
-                    idx = idx.to(dev)
-                    opt.zero_grad(set_to_none=True)
-                    loss_fn(net(Xtr[idx]).squeeze(-1), ytr[idx]).backward()
-                    opt.step()
-                if len(va):
-                    net.eval()
-                    with torch.no_grad():
-                        val_loss = float(loss_fn(net(Xva).squeeze(-1), yva))
-                    if stopper.step(epoch, val_loss, dict(net.named_parameters())):
-                        break
-        params = (
-            stopper.state if stopper.state is not None else {k: v.detach() for k, v in net.named_parameters()}
+        result = train_early_stopped(
+            dict(net.named_parameters()),
+            lambda idx: (net(Xtr[idx]).squeeze(-1), ytr[idx]),
+            (lambda: (net(Xva).squeeze(-1), yva)) if len(va) else None,
+            n_train=len(tr),
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            patience=self.patience,
+            seed=self.seed,
+            device=dev,
+            work_per_step=float(int(self.batch_size)) * Xt.shape[1] * int(self.hidden),
+            module=net,
         )
-        params = copy.copy(params)
+        params = result.params
         # Fold the standardiser into the first layer so scoring reads raw activations.
         W1 = params["0.weight"].double() / std[None, :]
         b1 = params["0.bias"].double() - W1 @ mean
@@ -167,9 +123,9 @@ class MLPProbe(Probe):
         self.out_weight_ = params["2.weight"].reshape(-1).float().cpu()
         self.out_bias_ = params["2.bias"].reshape(1).float().cpu()
         self.mean_, self.scale_ = mean.float().cpu(), std.float().cpu()
-        self.n_epochs_ = epoch + 1
-        self.best_epoch_ = stopper.best_epoch + 1 if stopper.state is not None else epoch + 1
-        self.val_loss_ = stopper.best if stopper.state is not None else float("nan")
+        self.n_epochs_ = result.n_epochs
+        self.best_epoch_ = result.best_epoch
+        self.val_loss_ = result.val_loss
         self.n_features_in_ = int(Xt.shape[1])
         self.__dict__.pop("_device_cache", None)
         return self

@@ -14,13 +14,13 @@ import torch
 
 from probes.collection.activations import RaggedTokens
 from probes.errors import BundleError
+from probes.train._torch_fit import check_training_params, standardizer, train_early_stopped
 from probes.train._validate import (
     check_groups,
     check_labels,
     check_n_features,
     check_ragged,
     holdout_split,
-    threads_for,
 )
 from probes.train.aggregate import (
     StreamingAggregator,
@@ -32,7 +32,6 @@ from probes.train.aggregate import (
 )
 from probes.train.base import ArrayLike, Probe, register_probe
 from probes.train.linear import LinearProbe, fit_logistic_many, fit_logistic_sklearn
-from probes.train.mlp import EarlyStopping, check_training_params
 
 
 @register_probe
@@ -239,15 +238,7 @@ class AttentionProbe(Probe):
         d = X.dim
         in_train = torch.zeros(len(X), dtype=torch.bool, device=dev)
         in_train[torch.as_tensor(tr, device=dev)] = True
-        if self.standardize:
-            tok_train = values[in_train[seg]].double()
-            mean = tok_train.mean(0)
-            std = tok_train.std(0, correction=0)
-            std = torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
-            del tok_train
-        else:
-            mean = torch.zeros(d, dtype=torch.float64, device=dev)
-            std = torch.ones(d, dtype=torch.float64, device=dev)
+        mean, std = standardizer(values[in_train[seg]] if self.standardize else None, d, dev)
         Z = (values - mean.float()) / std.float()
         y_t = torch.as_tensor(y_np, dtype=torch.float32, device=dev)
 
@@ -273,29 +264,30 @@ class AttentionProbe(Probe):
                 z @ params["value_coef"] + params["value_intercept"], z @ params["query"], off
             )
 
-        opt = torch.optim.AdamW(params.values(), lr=float(self.lr), weight_decay=float(self.weight_decay))
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        gen = torch.Generator().manual_seed(int(self.seed))
-        stopper = EarlyStopping(int(self.patience))
-        tr_t = torch.as_tensor(tr, dtype=torch.long)
-        va_tok, va_off = gather(torch.as_tensor(va, dtype=torch.long, device=dev))
-        y_va = y_t[torch.as_tensor(va, dtype=torch.long, device=dev)]
-        epoch = 0
-        work = float(self.batch_size) * float(lengths.float().mean()) * d * 4
-        with threads_for(work, dev):
-            for epoch in range(int(self.max_epochs)):
-                for batch in tr_t[torch.randperm(len(tr_t), generator=gen)].split(int(self.batch_size)):
-                    batch = batch.to(dev)
-                    tok, off = gather(batch)
-                    opt.zero_grad(set_to_none=True)
-                    loss_fn(forward(tok, off), y_t[batch]).backward()
-                    opt.step()
-                if len(va):
-                    with torch.no_grad():
-                        val_loss = float(loss_fn(forward(va_tok, va_off), y_va))
-                    if stopper.step(epoch, val_loss, params):
-                        break
-        best = stopper.state if stopper.state is not None else {k: v.detach() for k, v in params.items()}
+        tr_t = torch.as_tensor(tr, dtype=torch.long, device=dev)
+        va_t = torch.as_tensor(va, dtype=torch.long, device=dev)
+        va_tok, va_off = gather(va_t)
+        y_va = y_t[va_t]
+
+        def train_batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            batch = tr_t[idx]
+            return forward(*gather(batch)), y_t[batch]
+
+        result = train_early_stopped(
+            params,
+            train_batch,
+            (lambda: (forward(va_tok, va_off), y_va)) if len(va) else None,
+            n_train=len(tr),
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_epochs=self.max_epochs,
+            batch_size=self.batch_size,
+            patience=self.patience,
+            seed=self.seed,
+            device=dev,
+            work_per_step=float(self.batch_size) * float(lengths.float().mean()) * d * 4,
+        )
+        best = result.params
         # Fold the standardiser in: softmax ignores the constant -mean.q shift of the logits.
         q_raw = best["query"].double() / std
         v_raw = best["value_coef"].double() / std
@@ -303,8 +295,8 @@ class AttentionProbe(Probe):
         self.value_coef_ = v_raw.float().cpu()
         self.value_intercept_ = (best["value_intercept"].double() - mean @ v_raw).reshape(1).float().cpu()
         self.mean_, self.scale_ = mean.float().cpu(), std.float().cpu()
-        self.n_epochs_ = epoch + 1
-        self.val_loss_ = stopper.best if stopper.state is not None else float("nan")
+        self.n_epochs_ = result.n_epochs
+        self.val_loss_ = result.val_loss
         self.n_features_in_ = d
         self.__dict__.pop("_device_cache", None)
         return self
