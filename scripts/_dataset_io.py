@@ -6,11 +6,12 @@ old one, so an interrupted run never leaves a half-written dataset behind.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,21 @@ def write_dataset(name: str, rows: Iterable[Mapping[str, Any]], card: Mapping[st
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def generator_main(
+    argv: list[str] | None,
+    *,
+    doc: str | None,
+    name: str,
+    card: Mapping[str, Any],
+    build_rows: Callable[[int], Sequence[Mapping[str, Any]]],
+    seed: int,
+) -> None:
+    """The command line every ``scripts/make_*.py`` shares: ``[--seed N]``, build the rows, write the folder."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=seed)
+    args = parser.parse_args(argv)
+    rows = build_rows(args.seed)
+    folder = write_dataset(name, rows, card)
+    print(f"wrote {len(rows)} rows to {folder}")

@@ -10,14 +10,13 @@ conversions, percentages, sorting, weekdays, counting) and from hand-written que
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dataset_io import LICENSE, write_dataset  # noqa: E402
+from _dataset_io import LICENSE, generator_main  # noqa: E402
 
 NAME = "benign_control"
 SEED = 20261121
@@ -1102,14 +1101,7 @@ CARD = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seed", type=int, default=SEED)
-    args = parser.parse_args(argv)
-    rows = build_rows(args.seed)
-    folder = write_dataset(NAME, rows, CARD)
-    print(f"wrote {len(rows)} rows to {folder}")
+    generator_main(argv, doc=__doc__, name=NAME, card=CARD, build_rows=build_rows, seed=SEED)
 
 
 if __name__ == "__main__":

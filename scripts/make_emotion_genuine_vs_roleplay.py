@@ -16,7 +16,6 @@ robots or computers, so "being an AI" is not what tells the conditions apart: th
 
 from __future__ import annotations
 
-import argparse
 import random
 import re
 import sys
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dataset_io import LICENSE, write_dataset  # noqa: E402
+from _dataset_io import LICENSE, generator_main  # noqa: E402
 
 NAME = "emotion_genuine_vs_roleplay"
 SEED = 20261121
@@ -854,17 +853,13 @@ CARD = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seed", type=int, default=SEED)
-    args = parser.parse_args(argv)
-    for emotion, lines in SITUATIONS.items():
-        if len(set(lines)) != len(lines) or len(lines) < 40:
-            raise ValueError(f"{emotion}: need >= 40 distinct situations, have {len(set(lines))}")
-    rows = build_rows(args.seed)
-    folder = write_dataset(NAME, rows, CARD)
-    print(f"wrote {len(rows)} rows to {folder}")
+    def checked_build_rows(seed: int) -> list[dict[str, object]]:
+        for emotion, lines in SITUATIONS.items():
+            if len(set(lines)) != len(lines) or len(lines) < 40:
+                raise ValueError(f"{emotion}: need >= 40 distinct situations, have {len(set(lines))}")
+        return build_rows(seed)
+
+    generator_main(argv, doc=__doc__, name=NAME, card=CARD, build_rows=checked_build_rows, seed=SEED)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ statement is used with exactly one frame pair, so holding out frame pairs never 
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dataset_io import LICENSE, write_dataset  # noqa: E402
+from _dataset_io import LICENSE, generator_main  # noqa: E402
 from make_true_false import build_facts  # noqa: E402
 
 NAME = "honesty_instructed_pairs"
@@ -244,14 +243,7 @@ CARD = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seed", type=int, default=SEED)
-    args = parser.parse_args(argv)
-    rows = build_rows(args.seed)
-    folder = write_dataset(NAME, rows, CARD)
-    print(f"wrote {len(rows)} rows to {folder}")
+    generator_main(argv, doc=__doc__, name=NAME, card=CARD, build_rows=build_rows, seed=SEED)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ wording. Deterministic: the same seed writes byte-identical files.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _dataset_io import LICENSE, write_dataset  # noqa: E402
+from _dataset_io import LICENSE, generator_main  # noqa: E402
 
 NAME = "true_false_statements"
 SEED = 20261121
@@ -559,14 +558,7 @@ CARD = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--seed", type=int, default=SEED)
-    args = parser.parse_args(argv)
-    rows = build_rows(args.seed)
-    folder = write_dataset(NAME, rows, CARD)
-    print(f"wrote {len(rows)} rows to {folder}")
+    generator_main(argv, doc=__doc__, name=NAME, card=CARD, build_rows=build_rows, seed=SEED)
 
 
 if __name__ == "__main__":
