@@ -1,0 +1,111 @@
+"""The whole experiment: :class:`RunConfig` assembles every section and renders itself (YAML, flat params)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, PrivateAttr, field_validator
+
+from probes.config.base import Strict
+from probes.config.data import DataConfig
+from probes.config.evaluation import EvaluationConfig, TrackingConfig
+from probes.config.model import ModelConfig
+from probes.config.probe import LayerItem, LayerRange, ProbeConfig
+
+
+class RunConfig(Strict):
+    """A whole experiment. Every section is strict: unknown keys are errors."""
+
+    name: str | None = Field(None, description="Run name; default: the config file's stem.")
+    seed: int = Field(0, description="Seeds splits, subsampling, probe fitting and bootstrap.")
+    model: ModelConfig
+    data: DataConfig
+    layers: Literal["all"] | list[LayerItem] | LayerRange = Field(
+        "all", description="'all', a list of layer indices / site names, or {start, stop, step}."
+    )
+    pooling: Literal["last", "mean", "tokens"] = Field(
+        "last", description="How a row's target tokens become one vector; 'tokens' keeps every token."
+    )
+    batch_size: int = Field(16, gt=0)
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    cache_dir: str | None = Field(
+        ".cache/probes", description="Activation cache folder; null disables caching."
+    )
+    output_dir: str = Field("runs", description="Run outputs go to <output_dir>/<name>-<timestamp>/.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    # Where the config came from: recorded in the run, never part of the schema.
+    _source: str | None = PrivateAttr(default=None)
+    _overrides: tuple[str, ...] = PrivateAttr(default=())
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layers(cls, value: Any) -> Any:
+        # Parsed by hand so a bad value gives one message instead of one per union member.
+        if value == "all" or isinstance(value, dict):
+            return value
+        if isinstance(value, (int, str)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, bool) or not isinstance(item, (int, str)):
+                    raise ValueError(f"layer {item!r} is neither an index nor a site name")
+                if isinstance(item, str) and not re.fullmatch(r"layers\.-?\d+|final_norm|-?\d+", item):
+                    raise ValueError(f"layer {item!r} is not a site name ('layers.N' or 'final_norm')")
+            return [int(i) if isinstance(i, str) and re.fullmatch(r"-?\d+", i) else i for i in value]
+        raise ValueError("layers must be 'all', a list like [2, 4, 'final_norm'], or {start, stop, step}")
+
+    @property
+    def source(self) -> str | None:
+        """The YAML file this config was loaded from, if any."""
+        return self._source
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The ``--set`` overrides applied on top of the file, in order."""
+        return self._overrides
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self._source).stem if self._source else "run"
+
+    def layer_sites(self, n_layers: int) -> list[str]:
+        """Canonical site names (``layers.N`` / ``final_norm``) for a model with ``n_layers`` blocks."""
+        from probes.models.sites import parse_sites  # imports torch: only when a model is at hand
+
+        if isinstance(self.layers, LayerRange):
+            stop = n_layers + 1 if self.layers.stop is None else self.layers.stop
+            names: list[str | int] | str = list(range(self.layers.start, stop, self.layers.step))
+        else:
+            names = self.layers  # type: ignore[assignment]
+        return [site.name for site in parse_sites(names, n_layers)]
+
+    def to_yaml(self) -> str:
+        """The fully resolved config (defaults filled in), with a header recording source and overrides."""
+        header = [f"# Resolved config of run {self.run_name!r}."]
+        if self._source:
+            header.append(f"# Source: {self._source}")
+        for item in self._overrides:
+            header.append(f"# --set {item}")
+        body = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, default_flow_style=False)
+        return "\n".join(header) + "\n" + body
+
+    def flat(self) -> dict[str, str]:
+        """The config flattened to ``a.b.c -> str(value)`` (MLflow params)."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict) and value:
+                for k, v in value.items():
+                    walk(f"{prefix}.{k}" if prefix else str(k), v)
+            else:
+                out[prefix] = "null" if value is None else str(value)
+
+        walk("", self.model_dump(mode="json"))
+        return out
