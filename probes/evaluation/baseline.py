@@ -86,6 +86,32 @@ def text_baseline(
         raise ValueError(f"C must be a float or 'auto', got {C!r}.")
     clf = LogisticRegression(C=float(C), max_iter=2000, random_state=seed).fit(X_train, y_train)
     scores = clf.decision_function(X_test)
+    return _result(
+        scores,
+        y_train,
+        y_test,
+        test_groups=test_groups,
+        n_features=len(vectorizer.vocabulary_),
+        C=float(C),
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        keep_scores=keep_scores,
+    )
+
+
+def _result(
+    scores: np.ndarray,
+    y_train: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    test_groups: Sequence[Any] | None,
+    n_features: int,
+    C: float,
+    n_bootstrap: int,
+    seed: int,
+    keep_scores: bool,
+) -> BaselineResult:
+    """The report of a fitted baseline from its test decision scores (log-odds: ``> 0`` is positive)."""
     value, ci = with_ci(auroc, y_test, scores, test_groups, n_bootstrap=n_bootstrap, seed=seed)
     return BaselineResult(
         auroc=value,
@@ -94,8 +120,8 @@ def text_baseline(
         accuracy=float(np.mean((scores > 0).astype(np.int64) == y_test)),
         n_train=int(y_train.size),
         n_test=int(y_test.size),
-        n_features=len(vectorizer.vocabulary_),
-        C=float(C),
+        n_features=n_features,
+        C=C,
         scores=[float(v) for v in scores] if keep_scores else None,
     )
 
@@ -180,17 +206,16 @@ def length_baseline(
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=float(C), max_iter=2000, random_state=seed))
     clf.fit(X_train, y_train)
     scores = clf.decision_function(X_test)
-    value, ci = with_ci(auroc, y_test, scores, test_groups, n_bootstrap=n_bootstrap, seed=seed)
-    return BaselineResult(
-        auroc=value,
-        auroc_ci=ci,
-        auprc=auprc(y_test, scores),
-        accuracy=float(np.mean((scores > 0).astype(np.int64) == y_test)),
-        n_train=int(y_train.size),
-        n_test=int(y_test.size),
+    return _result(
+        scores,
+        y_train,
+        y_test,
+        test_groups=test_groups,
         n_features=int(X_train.shape[1]),
         C=float(C),
-        scores=[float(v) for v in scores] if keep_scores else None,
+        n_bootstrap=n_bootstrap,
+        seed=seed,
+        keep_scores=keep_scores,
     )
 
 
