@@ -168,7 +168,17 @@ def ran(project: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 def test_run_prints_the_result_table(ran: tuple[Path, str, str]) -> None:
     run_dir, output, store = ran
-    for text in ("Layer sweep", "layers.1", "layers.3", "AUROC [95% CI]", "recall@", "ECE", "text", "span", "length"):
+    for text in (
+        "Layer sweep",
+        "layers.1",
+        "layers.3",
+        "AUROC [95% CI]",
+        "recall@",
+        "ECE",
+        "text",
+        "span",
+        "length",
+    ):
         assert text in output, text
     assert "Tracked in MLflow at" in output and store in output
     assert (run_dir / "report.json").is_file()
