@@ -12,10 +12,14 @@ How it sits in a forward pass (``Monitor.attach`` registers, and always removes,
    counters and the per-row ``fired`` flags, and appends the step to the trace - all with tensor ops, no
    host synchronisation.
 
-A token's score exists once the model has *read* it, one forward after it was sampled. ``model.generate``
-runs its stopping criteria right after sampling the next token, so with ``action="stop"`` a stopped row
-ends with the token that fired followed by the one token sampled in the same step (never scored); the
-hand-written loop :meth:`Monitor.stream` has no such lag and ends exactly at the firing token.
+A token's score exists once the model has *read* it, in the forward that computes the logits of the next
+token. ``model.generate`` runs its stopping criteria only after sampling that next token, so a stopping
+criterion alone (:meth:`Monitor.stopping_criteria`) leaves one extra, never-scored token after the token
+that fired. :meth:`Monitor.logits_processor` removes that lag: it runs between that forward and the
+sampling, and for every row the monitor has stopped it masks every logit but the end-of-sequence token's,
+so the row ends exactly with the firing token followed by EOS (and padding), which ``generate`` treats as
+a finished row. :meth:`Monitor.generate_kwargs` passes both; the hand-written loop :meth:`Monitor.stream`
+ends exactly at the firing token too.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from probes.monitor.trace import Trace, _Step
 from probes.package.bundle import BundleEntry, ProbeBundle
 
 if TYPE_CHECKING:  # pragma: no cover
-    from transformers import StoppingCriteriaList
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
 Smoothing = Literal["ema", "rolling", "none"]
 
@@ -106,8 +110,10 @@ class Monitor:
 
         monitor = Monitor(ProbeBundle.load("bundles/sad"), smoothing="ema", alpha=0.3, patience=2)
         with monitor.attach(model, tokenizer=tok):
-            out = model.generate(**enc, max_new_tokens=64, stopping_criteria=monitor.stopping_criteria())
+            out = model.generate(**enc, max_new_tokens=64, **monitor.generate_kwargs())
         monitor.trace.to_dataframe(); monitor.trace.to_html("trace.html")
+
+    A stopped row of ``out`` ends with the token that fired, then the end-of-sequence token, then padding.
 
     In a hand-written decoding loop (KV cache on), read :meth:`latest` after each forward pass, or let
     :meth:`stream` run the loop and yield ``StreamEvent(token_id, text, score, smoothed, fired)``::
@@ -135,7 +141,7 @@ class Monitor:
         a float (every probe) or ``{probe: float}``; or pick the bundle's threshold calibrated for
         ``target_fpr``; by default each probe's first stored threshold.
     action:
-        ``"stop"`` (rows that fire end via :meth:`stopping_criteria`), ``"flag"`` (trace only) or a
+        ``"stop"`` (rows that fire end via :meth:`generate_kwargs`), ``"flag"`` (trace only) or a
         callable ``f(FireEvent) -> bool | None`` called when a row fires - return True to stop the row.
         A callable costs one host sync per step (it must know on the host that a row fired).
     on_error:
@@ -231,6 +237,7 @@ class Monitor:
         self._trace: Trace | None = None
         self._last_input_ids: torch.Tensor | None = None
         self._eos: list[int] = []
+        self._end_id: int | None = None  # the token a stopped row is forced to end with
         self._disabled = False
         self._batch = 0
         self._total = 0
@@ -282,6 +289,7 @@ class Monitor:
         if eos is None:
             eos = getattr(getattr(model, "config", None), "eos_token_id", None)
         self._eos = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+        self._end_id = self._eos[0] if self._eos else _pad_id(model, tokenizer)
         self._ctx, self._trace, self._last_input_ids, self._disabled = None, None, None, False
         self.errors = []
         self._attached = model
@@ -426,6 +434,7 @@ class Monitor:
             tokenizer=self._tokenizer,
             eos_ids=list(self._eos),
             stop_rows=self.action == "stop",
+            end_id=self._end_id,
         )
 
     def _update(
@@ -526,10 +535,43 @@ class Monitor:
         return self._fired
 
     def stopping_criteria(self) -> StoppingCriteriaList:
-        """Criteria for ``model.generate(stopping_criteria=...)``: True for the rows to stop, one per row."""
+        """Criteria for ``model.generate(stopping_criteria=...)``: True for the rows to stop, one per row.
+
+        Alone they stop a row one token late: the token sampled in the step where the firing token was
+        scored still lands (unscored). Use :meth:`generate_kwargs` for an exact stop.
+        """
         from transformers import StoppingCriteriaList
 
         return StoppingCriteriaList([_criterion_class()(self)])
+
+    def logits_processor(self) -> LogitsProcessorList:
+        """A processor for ``model.generate(logits_processor=...)`` that ends stopped rows exactly.
+
+        In the forward that scores a row's firing token it forces that row's next token to the model's
+        end-of-sequence token (``generation_config.eos_token_id``, the first if several; else the pad
+        token) by setting every other logit to -inf; the rows still running are left untouched. Tensor ops
+        only, no host sync. It uses the ids of the model the monitor is attached to, not an
+        ``eos_token_id=`` passed to ``generate`` itself.
+        """
+        from transformers import LogitsProcessorList
+
+        if self._attached is not None:
+            self._require_end_id()
+        return LogitsProcessorList([_processor_class()(self)])
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """``model.generate(**enc, **monitor.generate_kwargs())``: the stopping criteria and the logits
+        processor together, so a stopped row ends with the firing token followed by EOS."""
+        return {"stopping_criteria": self.stopping_criteria(), "logits_processor": self.logits_processor()}
+
+    def _require_end_id(self) -> int:
+        if self._end_id is None:
+            raise ValueError(
+                "The model has no end-of-sequence or pad token id, so the monitor cannot end a stopped row: "
+                "set model.generation_config.eos_token_id (or pad_token_id) before attaching, or pass "
+                "only stopping_criteria=monitor.stopping_criteria() (stops one token late)."
+            )
+        return self._end_id
 
     # --- hand-written decoding loop --------------------------------------------------------------
     def stream(
@@ -621,6 +663,56 @@ class _MonitorCriterion:
     def __deepcopy__(self, memo: dict) -> _MonitorCriterion:
         # Older transformers deep-copy the criteria list; the criterion must keep pointing at the live monitor.
         return self
+
+
+class _MonitorProcessor:
+    """A ``transformers`` logits processor: rows the monitor stopped may only emit the end token.
+
+    ``generate`` calls it right after the forward whose hooks set the stop flags, before sampling, so the
+    token that fired is followed directly by EOS. Later steps of an already-finished row are padded by
+    ``generate`` anyway; forcing them as well keeps a row ended even where ``generate`` has no EOS criterion.
+    """
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self._allowed: torch.Tensor | None = None  # (vocab,) bool, True at the end token only
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        m = self.monitor
+        if m.action == "flag" or m._attached is None:
+            return scores
+        end = m._require_end_id()
+        stop = getattr(m, "_stop", None)
+        if m._trace is None or stop is None or stop.shape[0] != scores.shape[0]:
+            return scores
+        allowed = self._allowed
+        if allowed is None or allowed.shape[0] != scores.shape[-1] or allowed.device != scores.device:
+            allowed = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            allowed[end] = True
+            self._allowed = allowed
+        rows = stop.to(scores.device)[:, None]
+        # -inf everywhere else and a finite logit for the end token (an earlier processor such as
+        # min_new_tokens may have set it to -inf), so greedy and every sampling warper pick it.
+        return scores.masked_fill(rows & ~allowed, float("-inf")).masked_fill(rows & allowed, 0.0)
+
+    def __deepcopy__(self, memo: dict) -> _MonitorProcessor:
+        return self
+
+
+def _processor_class() -> type:
+    from transformers import LogitsProcessor
+
+    return type("MonitorLogitsProcessor", (_MonitorProcessor, LogitsProcessor), {})
+
+
+def _pad_id(model: nn.Module, tokenizer: Any) -> int | None:
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        pad = getattr(source, "pad_token_id", None)
+        if isinstance(pad, (list, tuple)):
+            pad = pad[0] if pad else None
+        if pad is not None:
+            return int(pad)
+    return None
 
 
 # Registered as a real StoppingCriteria subclass lazily, so importing probes.monitor stays light.

@@ -57,6 +57,7 @@ class Trace:
         tokenizer: Any = None,
         eos_ids: list[int] | None = None,
         stop_rows: bool = False,
+        end_id: int | None = None,
     ) -> None:
         self.probe_names = probe_names
         self.thresholds = thresholds
@@ -64,6 +65,8 @@ class Trace:
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids or [])
         self._stop_rows = stop_rows
+        # The token a stopped row is forced to end with (see Monitor.logits_processor).
+        self._end_ids = set(self.eos_ids) | ({int(end_id)} if end_id is not None else set())
         self._stopped_rows: set[int] = set()
         self._steps: list[_Step] = []
         self._sequences: torch.Tensor | None = None
@@ -136,12 +139,19 @@ class Trace:
                 _, is_prompt, _, ids, valid, raw, sm, fi = cols[pos]
                 if not valid[r]:
                     continue
+                if pos == end and fired_at is not None and int(ids[r]) in self._end_ids:
+                    # The end token the monitor forced after the firing token: the model did not write it,
+                    # and whether it was read at all depends on the other rows, so it is never scored.
+                    raw = sm = np.full_like(raw, np.nan)
+                    fi = np.zeros_like(fi)
                 keep_pos.append(pos)
                 keep.append((int(ids[r]), is_prompt, raw[r], sm[r], fi[r]))
                 if fired_at is None and fi[r].any():
                     fired_at, fired_probe = pos, int(np.argmax(fi[r]))
                     if self._stop_rows or r in self._stopped_rows:
-                        end = min(end, pos + 1)  # the token sampled in the same step still lands
+                        # The next token still lands: the forced EOS with Monitor.logits_processor, else
+                        # the token sampled in the same step (a stopping criterion alone is one token late).
+                        end = min(end, pos + 1)
                 if not is_prompt and int(ids[r]) in self.eos_ids:
                     end = min(end, pos)
             rows.append(
