@@ -52,13 +52,21 @@ class Tiny:
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         return dict(self.tok(prompts, return_tensors="pt", padding=True))
 
-    def generate(self, enc, monitor: Monitor | None = None, **kw) -> torch.Tensor:
+    def generate(
+        self, enc, monitor: Monitor | None = None, criteria_only: bool = False, **kw
+    ) -> torch.Tensor:
+        """Greedy by default; ``criteria_only`` passes the stopping criteria without the logits processor."""
         kw = {"max_new_tokens": NEW, "min_new_tokens": NEW, "do_sample": False, **kw}
         with torch.no_grad():
             if monitor is None:
                 return self.model.generate(**enc, **kw)
             with monitor.attach(self.model, tokenizer=self.tok):
-                return self.model.generate(**enc, stopping_criteria=monitor.stopping_criteria(), **kw)
+                hooks = (
+                    {"stopping_criteria": monitor.stopping_criteria()}
+                    if criteria_only
+                    else monitor.generate_kwargs()
+                )
+                return self.model.generate(**enc, **hooks, **kw)
 
     def reference(
         self, sequences: torch.Tensor, prompt_mask: torch.Tensor, probe=None, layer=None
@@ -147,20 +155,126 @@ def test_generation_stops_exactly_where_the_smoothed_score_crosses(smoothing: st
     thr = float(np.quantile(smoothed, 0.75))
     expected = [_first_fire(s, thr, patience) for s in smoothed]
     assert any(e is not None and e + 2 < NEW for e in expected), "test data should stop some row early"
+    pad, eos = tiny.tok.pad_token_id, tiny.model.generation_config.eos_token_id
 
-    monitor = Monitor(tiny.bundle, smoothing=smoothing, window=4, patience=patience, threshold=thr)
-    out = tiny.generate(enc, monitor)
-    pad = tiny.tok.pad_token_id
-    for r, e in enumerate(expected):
-        if e is None:
-            assert torch.equal(out[r], plain[r])
-            assert monitor.trace.fired_at[r] is None
-        else:
-            end = prompt_len + e + 1  # the firing token, then the one sampled in the same step
-            assert torch.equal(out[r, : end + 1], plain[r, : end + 1])
-            assert (out[r, end + 1 :] == pad).all()
+    for criteria_only in (False, True):
+        monitor = Monitor(tiny.bundle, smoothing=smoothing, window=4, patience=patience, threshold=thr)
+        out = tiny.generate(enc, monitor, criteria_only=criteria_only)
+        for r, e in enumerate(expected):
+            if e is None:
+                assert torch.equal(out[r], plain[r])
+                assert monitor.trace.fired_at[r] is None
+                continue
+            end = prompt_len + e + 1  # just past the firing token
             assert monitor.trace.fired_at[r] == prompt_len + e
             assert monitor.trace.rows[r].stopped
+            if criteria_only:  # the stopping criterion alone: the token sampled in the same step lands
+                assert torch.equal(out[r, : end + 1], plain[r, : end + 1])
+                assert (out[r, end + 1 :] == pad).all()
+            else:  # with the logits processor: the firing token is the last one generated, then EOS
+                assert torch.equal(out[r, :end], plain[r, :end])
+                assert int(out[r, end]) == eos
+                assert (out[r, end + 1 :] == pad).all()
+                row = monitor.trace.rows[r]
+                assert row.positions[-1] == end and row.token_ids[-1] == eos
+                assert np.isnan(row.score[-1]).all() and not row.firing[-1].any()  # the forced EOS
+                assert (row.smoothed[-2] > thr).any()  # the firing token, scored
+
+
+def test_exact_stop_with_sampling() -> None:
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS)
+    prompt_len = enc["input_ids"].shape[1]
+    torch.manual_seed(3)
+    sampled = tiny.generate(enc, do_sample=True)
+    ref = tiny.reference(sampled, enc["attention_mask"])[:, prompt_len:-1]
+    thr = float(np.quantile(np.stack([_smooth(r, "ema") for r in ref]), 0.7))
+    eos, pad = tiny.model.generation_config.eos_token_id, tiny.tok.pad_token_id
+
+    monitor = Monitor(tiny.bundle, threshold=thr)
+    torch.manual_seed(11)
+    out = tiny.generate(enc, monitor, do_sample=True)
+    full = tiny.reference(out, enc["attention_mask"])
+    n_stopped = 0
+    for r in range(len(PROMPTS)):
+        fired_at = monitor.trace.fired_at[r]
+        gen = out[r, prompt_len:]
+        if fired_at is None:
+            assert (gen != eos).all()  # min_new_tokens: nothing else ends a row
+            continue
+        n_stopped += 1
+        k = fired_at - prompt_len
+        # Exact: the reference smoothing of what was sampled first crosses at the last generated token.
+        assert _first_fire(_smooth(full[r, prompt_len : fired_at + 1], "ema"), thr, 1) == k
+        if k + 1 < NEW:
+            assert int(gen[k + 1]) == eos and (gen[k + 2 :] == pad).all()
+    assert n_stopped >= 1, "the threshold should stop at least one sampled row"
+
+
+def test_exact_stop_with_a_text_iterator_streamer() -> None:
+    from transformers import TextIteratorStreamer
+
+    tiny = _LLAMA()
+    enc = tiny.encode(PROMPTS[:1])
+    prompt_len = enc["input_ids"].shape[1]
+    plain = tiny.generate(enc)
+    ref = tiny.reference(plain, enc["attention_mask"])[0, prompt_len:-1]
+    smoothed = _smooth(ref, "ema")
+    thr = float(np.quantile(smoothed, 0.6))
+    k = _first_fire(smoothed, thr, 1)
+    assert k is not None and k + 2 < NEW
+
+    monitor = Monitor(tiny.bundle, threshold=thr)
+    streamer = TextIteratorStreamer(tiny.tok, skip_prompt=True, skip_special_tokens=False, timeout=60)
+    result: dict[str, torch.Tensor] = {}
+
+    def run() -> None:
+        try:
+            result["out"] = tiny.generate(enc, monitor, streamer=streamer)
+        finally:
+            streamer.end()  # an error in generate must not leave the reading side waiting
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    text = "".join(streamer)
+    thread.join()
+    out = result["out"][0]
+    end = prompt_len + k + 1
+    assert torch.equal(out[:end], plain[0, :end])
+    assert int(out[end]) == tiny.model.generation_config.eos_token_id
+    # The streamer saw the generated tokens up to the forced EOS (generate stops streaming finished rows).
+    streamed = tiny.tok.decode(out[prompt_len : end + 1], skip_special_tokens=False)
+    assert text == streamed
+    assert monitor.trace.fired_at[0] == end - 1
+    assert _no_hooks(tiny.model)
+
+
+def test_generate_kwargs_and_the_end_token() -> None:
+    tiny = _LLAMA()
+    monitor = Monitor(tiny.bundle, threshold=-1e9)  # fires on the first generated token
+    kwargs = monitor.generate_kwargs()
+    assert set(kwargs) == {"stopping_criteria", "logits_processor"}
+    with monitor.attach(tiny.model, tokenizer=tiny.tok):
+        assert monitor._end_id == tiny.model.generation_config.eos_token_id
+    # No EOS: the pad token ends a stopped row; neither: a clear error before anything is generated.
+    model, tok = build_tiny_model("llama")
+    model.generation_config.eos_token_id = None
+    model.config.eos_token_id = None
+    with monitor.attach(model, tokenizer=tok):
+        assert monitor._end_id == model.generation_config.pad_token_id
+        out = model.generate(
+            input_ids=torch.tensor([[1, 5, 6]]), max_new_tokens=4, **monitor.generate_kwargs()
+        )
+    assert out.shape[1] == 5 and int(out[0, 4]) == model.generation_config.pad_token_id
+    model.generation_config.pad_token_id = None
+    model.config.pad_token_id = None
+    tok.pad_token = None
+    with (
+        pytest.raises(ValueError, match="no end-of-sequence or pad token"),
+        monitor.attach(model, tokenizer=None),
+    ):
+        monitor.logits_processor()
+    assert _no_hooks(model)
 
 
 def test_a_row_that_fires_does_not_change_the_other_rows() -> None:
@@ -289,7 +403,10 @@ def test_flag_and_callable_actions() -> None:
     assert sorted(e.row for e in events) == [0, 1, 2]  # one event per row
     assert all(e.probe == "p" and e.threshold == -1e9 for e in events)
     assert torch.equal(out[0], plain[0]) and torch.equal(out[2], plain[2])
-    assert (out[1, -(NEW - 2) :] == tiny.tok.pad_token_id).all()
+    # The callable stopped row 1 at its first generated token: EOS right after it, then padding.
+    prompt_len = enc["input_ids"].shape[1]
+    assert int(out[1, prompt_len + 1]) == tiny.model.generation_config.eos_token_id
+    assert (out[1, prompt_len + 2 :] == tiny.tok.pad_token_id).all()
 
 
 def test_sampling_with_a_text_iterator_streamer() -> None:
@@ -423,8 +540,9 @@ def test_score_prompt_screens_the_input() -> None:
     for r, fired_at in enumerate(monitor.trace.fired_at):
         first_real = int((enc["attention_mask"][r] == 0).sum())
         assert fired_at == first_real  # fires on the first real prompt token, never on padding
-    # Stopped right after the prefill: only the token sampled with the prompt's logits is kept.
+    # Stopped in the prefill: the one token generated is the forced EOS.
     assert out.shape[1] == prompt_len + 1
+    assert (out[:, -1] == tiny.model.generation_config.eos_token_id).all()
 
 
 def test_hand_written_loop_reads_latest_scores() -> None:

@@ -132,13 +132,17 @@ def test_monitor_stops_the_sad_story_and_lets_the_happy_one_run() -> None:
         plain = model.generate(**enc, **kw)
         monitor = Monitor(bundle, smoothing="rolling", window=WINDOW, patience=PATIENCE)
         with monitor.attach(model, tokenizer=tok):
-            out = model.generate(**enc, stopping_criteria=monitor.stopping_criteria(), **kw)
+            out = model.generate(**enc, **monitor.generate_kwargs(), **kw)
     trace = monitor.trace
     sad, happy = trace.rows
     prompt_len = enc["input_ids"].shape[1]
     assert sad.stopped and sad.fired_at is not None
     assert sad.fired_at - prompt_len < NEW // 2, "the sad story should be stopped early"
+    # Exact stop: the firing token is the last one generated, then EOS, then padding.
+    assert torch.equal(out[0, : sad.fired_at + 1], plain[0, : sad.fired_at + 1])
+    assert int(out[0, sad.fired_at + 1]) == model.generation_config.eos_token_id
     assert (out[0, sad.fired_at + 2 :] == tok.pad_token_id).all()
+    assert sad.token_ids[-1] == model.generation_config.eos_token_id and sad.smoothed[-2, 0] > THRESHOLD
     assert happy.fired_at is None and torch.equal(out[1], plain[1])  # the happy story runs to the end
     # Margins, so that the outcome is not a coin flip on float rounding.
     assert np.nanmax(happy.smoothed[:, 0]) < THRESHOLD - 0.2
