@@ -18,13 +18,13 @@ from probes.errors import ProbesError
 #: Exit codes of ``probes monitor`` (also listed in its --help).
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FIRED = 0, 1, 2, 3
 
-HELP = f"""Generate from PROMPT with the probes of BUNDLE watching every token; stop when one fires.
-
-Tokens are shaded by their smoothed score (blue below the threshold, red above) and a marker shows where
-the monitor interrupted. Exit codes: {EXIT_OK} = finished without firing, {EXIT_ERROR} = error (bad bundle,
-model mismatch, invalid settings), {EXIT_USAGE} = bad command line, {EXIT_FIRED} = the monitor fired and
-stopped generation (or flagged the prompt with --score-prompt).
-"""
+HELP = (
+    "Generate from PROMPT with the probes of BUNDLE watching every token; stop when one fires.\n\n"
+    "Tokens are shaded by their smoothed score (blue below the threshold, red above) and a marker shows where "
+    f"the monitor interrupted. Exit codes: {EXIT_OK} = finished without firing, {EXIT_ERROR} = error (bad "
+    f"bundle, model mismatch, invalid settings), {EXIT_USAGE} = bad command line, {EXIT_FIRED} = the monitor "
+    "fired and stopped generation (or flagged the prompt with --score-prompt)."
+)
 
 
 class SmoothingChoice(str, Enum):
