@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +28,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import random_causal_lm, timed  # noqa: E402
 from torch import nn  # noqa: E402
 
 from probes.collection.collect import collect_encoded  # noqa: E402
@@ -37,29 +37,6 @@ from probes.models import block_list  # noqa: E402
 
 BATCH, SEQ = 16, 128
 MIXED_BATCH = 8  # smaller batches for part 2, so a few dozen rows already make several batches
-
-
-def build(shape: str) -> nn.Module:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    if shape == "gpt2-small":
-        config = AutoConfig.for_model(
-            "gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024
-        )
-    else:
-        config = AutoConfig.for_model(
-            "llama",
-            hidden_size=576,
-            num_hidden_layers=30,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            intermediate_size=1536,
-            vocab_size=49152,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-        )
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def nnsight_reader(model: nn.Module, mid: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
@@ -82,14 +59,8 @@ def nnsight_reader(model: nn.Module, mid: int) -> Callable[[torch.Tensor, torch.
     return run
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def bench_methods(shape: str, repeats: int) -> list[tuple[str, str, float]]:
-    model = build(shape)
+    model = random_causal_lm(shape)
     n_layers = len(block_list(model))
     mid = n_layers // 2
     gen = torch.Generator().manual_seed(0)
@@ -118,7 +89,7 @@ def bench_methods(shape: str, repeats: int) -> list[tuple[str, str, float]]:
         collect_encoded(model, rows[:2], [mid], "last")
         for _ in range(repeats):
             for name, fn in methods.items():
-                times[name].append(timed(fn))
+                times[name].append(timed(fn)[1])
     out = [
         (shape, f"{name} (layers.{mid} of {n_layers})", statistics.median(ts)) for name, ts in times.items()
     ]
@@ -132,7 +103,7 @@ def padded_tokens(lengths: np.ndarray, batches: list[np.ndarray]) -> int:
 
 
 def bench_mixed(n_rows: int) -> list[tuple[str, float, int, int]]:
-    model = build("gpt2-small")
+    model = random_causal_lm("gpt2-small")
     mid = len(block_list(model)) // 2
     rng = np.random.default_rng(0)
     lengths = rng.integers(16, 513, size=n_rows)
@@ -149,8 +120,8 @@ def bench_mixed(n_rows: int) -> list[tuple[str, float, int, int]]:
 
     with torch.inference_mode():
         collect_encoded(model, rows[:2], [mid], "last")  # warm-up
-        t_unsorted = timed(unsorted)
-        t_sorted = timed(lambda: collect_encoded(model, rows, [mid], "last", batch_size=MIXED_BATCH))
+        _, t_unsorted = timed(unsorted)
+        _, t_sorted = timed(lambda: collect_encoded(model, rows, [mid], "last", batch_size=MIXED_BATCH))
     return [
         ("dataset order (unsorted)", t_unsorted, real, padded_tokens(lengths, unsorted_batches)),
         ("length-sorted (collect)", t_sorted, real, padded_tokens(lengths, sorted_batches)),

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import timed  # noqa: E402
 
 from probes.train import DiffMeansProbe, LogisticProbe, MLPProbe, fit_logistic_many  # noqa: E402
 
@@ -58,12 +59,6 @@ def sklearn_baseline(X: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-d
     from sklearn.preprocessing import StandardScaler
 
     return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=1000)).fit(X, y)
-
-
-def timed(fn):  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def pooled_rows(n: int, mlp_epochs: int) -> list[tuple[str, str, float, float, float, float]]:

@@ -37,33 +37,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from _common import random_causal_lm  # noqa: E402
+
 VARIANTS = ("plain", "monitor", "naive")
 SHAPES = ("gpt2-small", "llama-135m")
 
 
 def build(shape: str):
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    if shape == "gpt2-small":
-        cfg = AutoConfig.for_model(
-            "gpt2", n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024
-        )
-    else:
-        cfg = AutoConfig.for_model(
-            "llama",
-            num_hidden_layers=30,
-            hidden_size=576,
-            intermediate_size=1536,
-            num_attention_heads=9,
-            num_key_value_heads=3,
-            vocab_size=49152,
-            max_position_embeddings=2048,
-            tie_word_embeddings=True,
-        )
-    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 1, 2
-    model = AutoModelForCausalLM.from_config(cfg).eval()
+    # Generation needs special token ids; setting them before the weights are made matches a real checkpoint.
+    model = random_causal_lm(shape, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     model.generation_config.pad_token_id = 0
     return model
 
