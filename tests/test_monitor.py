@@ -564,3 +564,37 @@ def test_hand_written_loop_reads_latest_scores() -> None:
     ref = tiny.reference(full, torch.ones_like(ids))[0, ids.shape[1] :]
     np.testing.assert_allclose(scores, ref, atol=1e-4)
     assert _no_hooks(tiny.model)
+
+
+def test_a_finished_row_never_fires_on_the_padding_generate_feeds_it() -> None:
+    """After a row reads its EOS, generate feeds it padding: a probe that fires on the pad token must not
+    fire that row (nor call the action) — the trace and ``monitor.fired`` agree."""
+    model, tok = build_tiny_model("llama")
+    tok.padding_side = "left"
+    pad = 5  # a real token (Llama zeroes the embedding of its own pad id), used by generate for finished rows
+    model.generation_config.pad_token_id = pad
+    emb = model.get_input_embeddings().weight.detach()
+    X = torch.cat([emb[pad][None].repeat(20, 1), emb[6:200]])
+    y = np.r_[np.ones(20), np.zeros(194)].astype(np.int64)
+    probe = LogisticProbe(C=100.0).fit(X, y)  # layers.0 = embeddings: fires on the pad token only
+    others = probe.decision_function(torch.cat([emb[1:pad], emb[pad + 1 : 500]]))
+    assert probe.decision_function(emb[pad][None])[0] > others.max() + 1.0
+
+    enc = dict(tok(PROMPTS[:2], return_tensors="pt", padding=True))
+    with torch.no_grad():
+        plain = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    start = enc["input_ids"].shape[1]
+    eos = int(plain[0, start + 2])  # row 0 ends after its third token
+    assert eos not in plain[1, start:].tolist() and eos != pad
+    model.generation_config.eos_token_id = eos
+
+    events: list[FireEvent] = []
+    bundle = ProbeBundle.from_probe(
+        probe, model=model, layer=0, name="pad", threshold=float(others.max()) + 0.5
+    )
+    monitor = Monitor(bundle, smoothing="none", action=events.append)
+    with torch.no_grad(), monitor.attach(model, tokenizer=tok):
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, **monitor.generate_kwargs())
+    assert (out[0, start + 3 :] == pad).all() and out.shape[1] == start + 12  # row 0 was padded for 9 steps
+    assert events == [] and not monitor.fired.any()
+    assert [row.fired_at for row in monitor.trace.rows] == [None, None]

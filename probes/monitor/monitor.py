@@ -407,6 +407,8 @@ class Monitor:
                 ]
                 sm, fi = torch.stack([a for a, _ in steps], 1), torch.stack([b for _, b in steps], 1)
             self._trace._append(_Step(ctx.start, ctx.ids, ctx.valid, raw, sm, fi, ctx.is_prompt))
+            if self._eos_t is not None and ctx.ids is not None and not ctx.is_prompt:
+                self._done = self._done | torch.isin(ctx.ids[:, -1:], self._eos_t)
             if callable(self.action):
                 self._dispatch_callbacks(fi, ctx.start)
         except Exception as exc:  # noqa: BLE001 - routed by on_error
@@ -426,6 +428,10 @@ class Monitor:
         self._fired = torch.zeros(batch, dtype=torch.bool, device=dev)
         self._stop = torch.zeros(batch, dtype=torch.bool, device=dev)
         self._callback_seen = torch.zeros(batch, dtype=torch.bool, device=dev)
+        # Rows that have read their end-of-sequence token: generate feeds them padding from then on, which
+        # must never make them fire (nor call a callable action) after the text they actually wrote.
+        self._done = torch.zeros(batch, 1, dtype=torch.bool, device=dev)
+        self._eos_t = torch.tensor(self._eos, dtype=torch.long, device=dev) if self._eos else None
         self._latest: StepScores | None = None
         self._trace = Trace(
             probe_names=list(self.probe_names),
@@ -471,6 +477,7 @@ class Monitor:
             run = (self._run + 1) * above  # consecutive tokens above the threshold
             self._run = run if v is None else torch.where(v, run, self._run)
             firing = self._run >= self.patience if v is None else (self._run >= self.patience) & v
+        firing = firing & ~self._done
         self._fired = self._fired | firing.any(dim=1)
         if self.action == "stop":
             self._stop = self._fired
