@@ -96,7 +96,7 @@ def run_variant(variant: str, model, bundle, layers, enc, new_tokens: int) -> No
 
             monitor = Monitor(bundle, check_fingerprint=False)
             with monitor.attach(model):
-                model.generate(**enc, stopping_criteria=monitor.stopping_criteria(), **kw)
+                model.generate(**enc, **monitor.generate_kwargs(), **kw)
             monitor.fired.any()  # the result a caller reads; included in the timing
         else:
             from probes.train.aggregate import ema
