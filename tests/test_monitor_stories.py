@@ -1,9 +1,9 @@
 """End to end on the real stories260K: a sad-vs-happy probe, bundled, stops a sad story and lets a happy one run.
 
-The contrast: the same story openings (neutral setups) continue with a sad or a happy turn; the probe reads
-every token of the turn (``pooling="tokens"``), so its per-token score is what a streaming monitor sees.
-stories260K is a 260K-parameter toy, so the probe is weak (~0.75 token accuracy) but clearly separates the
-continuations of a sad and a happy prompt; the prompts and the threshold below leave a wide margin.
+The contrast: ``datasets/story_moods`` (``part: contrast``), the same story openings (neutral
+setups) continued with a sad or a happy turn; the probe reads every token of the turn (``pooling="tokens"``),
+so its per-token score is what a streaming monitor sees. stories260K is a 260K-parameter toy, so the probe
+is weak (~0.75 token accuracy) but clearly separates the continuations of a sad and a happy prompt; the prompts and the threshold below leave a wide margin.
 """
 
 from __future__ import annotations
@@ -17,57 +17,16 @@ import numpy as np
 import torch
 from conftest import STORIES
 
+from probes import load_dataset
 from probes.collection import collect
-from probes.data.card import DatasetCard
 from probes.data.dataset import ContrastDataset
-from probes.data.types import Example, Target
 from probes.models import load_model
 from probes.monitor import Monitor
 from probes.package import ProbeBundle
 from probes.train import LogisticProbe
 
-SETUPS = [
-    "Lily played with her red ball in the park.",
-    "Tom had a little dog named Spot.",
-    "Mia baked a big cake for her mom.",
-    "Ben saw a little bird in the tree.",
-    "Sue built a tall tower with her blocks.",
-    "Max went to the beach with his dad.",
-    "Anna had a pretty doll with a pink dress.",
-    "Tim rode his new bike down the street.",
-    "Lucy planted a flower in the garden.",
-    "Jack made a kite and went outside.",
-    "Amy got a new toy car for her birthday.",
-    "Sam wanted to play with his friend.",
-]
-SAD = [
-    "Then the ball was lost and she cried.",
-    "One day Spot ran away and Tom was very sad.",
-    "The cake fell and broke and she started to cry.",
-    "The bird was hurt and could not fly. Ben was sad.",
-    "The tower fell down and Sue cried and cried.",
-    "A big wave took his toy and Max was sad.",
-    "The doll broke and Anna felt very sad.",
-    "He fell off and hurt his knee. He cried.",
-    "The flower died and Lucy was sad.",
-    "The kite got stuck in a tree and Jack cried.",
-    "The car broke and Amy was very sad.",
-    "His friend said no and Sam felt sad and alone.",
-]
-HAPPY = [
-    "Then she found a new friend and they laughed.",
-    "One day Spot learned a trick and Tom was very happy.",
-    "The cake was yummy and she smiled a big smile.",
-    "The bird sang a song and Ben was happy.",
-    "The tower was so tall and Sue laughed and clapped.",
-    "They played in the sun and Max was happy.",
-    "The doll looked so nice and Anna felt very happy.",
-    "He went very fast and laughed. He was happy.",
-    "The flower grew big and Lucy was happy.",
-    "The kite flew high in the sky and Jack smiled.",
-    "The car was fast and Amy was very happy.",
-    "His friend said yes and Sam felt happy and glad.",
-]
+DATASETS = Path(__file__).resolve().parents[1] / "datasets"
+
 # A minimal pair of prompts that are not in the training data.
 SAD_PROMPT = "The bird was hurt and Ben was sad. He cried."
 HAPPY_PROMPT = "The bird sang and Ben was happy. He smiled."
@@ -75,29 +34,9 @@ LAYER, THRESHOLD, WINDOW, PATIENCE, NEW = 4, 0.75, 8, 3, 24
 
 
 def story_moods() -> ContrastDataset:
-    """48 pairs: each setup with 4 of the turns, sad (label 1) and happy (label 0); the turn is the target."""
-    rows = []
-    for i, setup in enumerate(SETUPS):
-        for j in range(len(SAD)):
-            if (j - i) % 12 not in (0, 3, 6, 9):
-                continue
-            for label, turn in ((1, SAD[j]), (0, HAPPY[j])):
-                text = f"{setup} {turn}"
-                rows.append(
-                    Example(
-                        id=f"{label}-{i}-{j}",
-                        label=label,
-                        text=text,
-                        group=f"{i}-{j}",
-                        target=Target(span=(len(setup) + 1, len(text))),
-                    )
-                )
-    card = DatasetCard(
-        name="story_moods",
-        description="Story openings that turn sad (1) or happy (0); the turn is the detection target.",
-        label_names=("happy", "sad"),
-    )
-    return ContrastDataset(rows, card)
+    """The contrast pairs of the shipped dataset (sad = 1, happy = 0); the turn is the target."""
+    ds = load_dataset(DATASETS / "story_moods")
+    return ds.subset([i for i, part in enumerate(ds.conditions("part")) if part == "contrast"])
 
 
 @functools.cache
