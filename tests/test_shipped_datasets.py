@@ -24,6 +24,7 @@ EMOTION = DATASETS / "emotion_genuine_vs_roleplay"
 HONESTY = DATASETS / "honesty_instructed_pairs"
 TRUTH = DATASETS / "true_false_statements"
 CONTROL = DATASETS / "benign_control"
+STORIES = DATASETS / "story_moods"
 
 # (folder, min rows, label names [negative, positive])
 TWO_CLASS = [
@@ -143,6 +144,36 @@ def test_emotion_roleplay_prompts_set_up_fiction_and_genuine_ones_do_not(emotion
             assert not fiction.search(context), ex.id
 
 
+def test_story_moods_pairs_share_an_opening_and_control_is_separate() -> None:
+    ds = load_dataset(STORIES)
+    assert tuple(ds.label_names) == ("happy", "sad")
+    card = ds.card
+    assert card.name == "story_moods" and card.confounds and card.intended_use and card.splits
+    # Sad/happy words are the signal: the card must say a bag of words reads the label off the turn.
+    assert card.baselines["tfidf_lr_span_auroc_grouped"] > 0.9
+    assert len(set(ds.ids)) == len(ds)
+    parts = ds.conditions("part")
+    contrast = ds.subset([i for i, p in enumerate(parts) if p == "contrast"])
+    control = ds.subset([i for i, p in enumerate(parts) if p == "control"])
+    assert len(contrast) >= 150 and contrast.labels.mean() == 0.5
+    assert len(control) >= 99 and control.labels.sum() == 0  # enough rows for a 1% FPR threshold
+    members: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for ex, turn in zip(contrast.examples, contrast.target_texts, strict=True):
+        members[ex.group].append((ex.label, ex.text[: -len(turn)], turn))
+        assert ex.text.endswith(" " + turn) and turn.strip() == turn
+    for rows in members.values():
+        assert sorted(label for label, _, _ in rows) == [0, 1]
+        assert len({opening for _, opening, _ in rows}) == 1  # one opening, a sad and a happy turn
+    openings = {o for rows in members.values() for _, o, _ in rows}
+    turns = set(control.target_texts) | {t for rows in members.values() for _, _, t in rows}
+    control_openings = {
+        ex.text[: -len(t)] for ex, t in zip(control.examples, control.target_texts, strict=True)
+    }
+    assert openings.isdisjoint(control_openings)
+    assert set(control.target_texts).isdisjoint(contrast.target_texts) and len(turns) >= 50
+    assert set(control.groups).isdisjoint(contrast.groups)
+
+
 def _check_holdout(ds, holdout: list[str]) -> None:
     parts = ds.split({"train": 0.85, "test": 0.15}, holdout={"frame": holdout}, seed=3)
     train, test = parts["train"], parts["test"]
@@ -259,6 +290,7 @@ def test_benign_control_loads_as_a_single_class_control_set() -> None:
         ("make_honesty_instructed_pairs", HONESTY),
         ("make_true_false", TRUTH),
         ("make_benign_control", CONTROL),
+        ("make_story_moods", STORIES),
     ],
 )
 def test_shipped_data_is_what_the_generator_writes(script: str, folder: Path) -> None:
