@@ -392,3 +392,13 @@ def test_unknown_hub_id_fails_offline_with_clear_error(monkeypatch: pytest.Monke
         DatasetError, match="no local file or folder, and loading it as a Hugging Face dataset"
     ):
         load_dataset("someone/no_such_dataset_xyz")
+
+
+def test_a_column_mapped_to_one_field_is_not_read_as_its_namesake(tmp_path: Path) -> None:
+    # The sae-probes CSVs name their label column "target", which is also the detection-target field.
+    path = tmp_path / "sst.csv"
+    path.write_text('"prompt","prompt_len","target"\n"a fine film","3","1"\n"a dull film","3","0"\n')
+    ds = load_dataset(path, text="prompt", label="target")
+    assert list(ds.labels) == [1, 0]
+    assert all(ex.target is None for ex in ds)
+    assert ds[0].meta == {"prompt_len": "3"}

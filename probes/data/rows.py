@@ -31,7 +31,12 @@ class ColumnMapping:
     """Which source column feeds each row field."""
 
     def __init__(self, overrides: Mapping[str, str | None], conditions: Sequence[str] | None) -> None:
-        self.columns = {f: (overrides.get(f) or f) for f in FIELDS}
+        claimed = {v for v in overrides.values() if v}
+        # A column mapped to one field (e.g. label='target') is not also read as the field of its own name.
+        self.columns = {
+            f: overrides.get(f) or (f"<{f}: column {f!r} is mapped to another field>" if f in claimed else f)
+            for f in FIELDS
+        }
         self.condition_columns = list(conditions or [])
         self.explicit = {f for f, v in overrides.items() if v}
 
