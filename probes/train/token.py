@@ -14,6 +14,7 @@ import torch
 
 from probes.collection.activations import RaggedTokens
 from probes.errors import BundleError
+from probes.train._logistic_fit import fit_logistic_sklearn
 from probes.train._torch_fit import check_training_params, standardizer, train_early_stopped
 from probes.train._validate import (
     check_groups,
@@ -31,7 +32,7 @@ from probes.train.aggregate import (
     softmax_pool,
 )
 from probes.train.base import ArrayLike, Probe, register_probe
-from probes.train.linear import LinearProbe, fit_logistic_many, fit_logistic_sklearn
+from probes.train.linear import LinearProbe, fit_logistic_many
 
 
 @register_probe
