@@ -37,7 +37,8 @@ from torch import nn
 from probes.errors import FingerprintMismatchError
 from probes.models.sites import num_layers, parse_site, residual_hook
 from probes.monitor.trace import Trace, _Step
-from probes.package.bundle import BundleEntry, ProbeBundle
+from probes.package.bundle import ProbeBundle
+from probes.package.entry import BundleEntry
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import LogitsProcessorList, StoppingCriteriaList
