@@ -9,10 +9,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "FireEvent": "probes.monitor.monitor",
+    "FireEvent": "probes.monitor.events",
     "Monitor": "probes.monitor.monitor",
-    "StepScores": "probes.monitor.monitor",
-    "StreamEvent": "probes.monitor.monitor",
+    "StepScores": "probes.monitor.events",
+    "StreamEvent": "probes.monitor.events",
     "Trace": "probes.monitor.trace",
     "TraceRow": "probes.monitor.trace",
 }
@@ -34,5 +34,6 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from probes.monitor.monitor import FireEvent, Monitor, StepScores, StreamEvent
+    from probes.monitor.events import FireEvent, StepScores, StreamEvent
+    from probes.monitor.monitor import Monitor
     from probes.monitor.trace import Trace, TraceRow

@@ -36,6 +36,8 @@ from torch import nn
 
 from probes.errors import FingerprintMismatchError
 from probes.models.sites import num_layers, parse_site, residual_hook
+from probes.monitor.events import FireEvent, StepScores, StreamEvent
+from probes.monitor.generation import _criterion_class, _pad_id, _processor_class, stream_tokens
 from probes.monitor.trace import Trace, _Step
 from probes.package.bundle import ProbeBundle
 from probes.package.entry import BundleEntry
@@ -44,40 +46,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
 Smoothing = Literal["ema", "rolling", "none"]
-
-
-@dataclass(frozen=True)
-class FireEvent:
-    """What a callable ``action`` receives when a row fires (once per row and generation)."""
-
-    row: int
-    position: int
-    probe: str
-    smoothed: float
-    threshold: float
-
-
-@dataclass(frozen=True)
-class StepScores:
-    """Scores of the newest position of every row: tensors on the model's device, probes in
-    ``Monitor.probe_names`` order."""
-
-    score: torch.Tensor  # (batch, probes) raw decision scores
-    smoothed: torch.Tensor  # (batch, probes)
-    firing: torch.Tensor  # (batch, probes) bool: smoothed above threshold for ``patience`` tokens
-    fired: torch.Tensor  # (batch,) bool: the row has fired at some point of this generation
-    position: int  # column index of the position in the sequence
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """One generated token from :meth:`Monitor.stream`."""
-
-    token_id: int
-    text: str
-    score: dict[str, float]
-    smoothed: dict[str, float]
-    fired: bool  # this token made the row fire (the stream ends after it when action="stop")
 
 
 @dataclass
@@ -602,136 +570,18 @@ class Monitor:
         Attaches the monitor to ``model`` for the duration unless it is already attached to it. When
         ``score_prompt=True`` and the prompt itself fires, nothing is generated (``monitor.fired``).
         """
-        if input_ids is None:
-            if prompt is None:
-                raise ValueError("Pass prompt= or input_ids=.")
-            input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None]
-        if input_ids.shape[0] != 1:
-            raise ValueError(
-                "stream() generates one sequence; use model.generate with stopping_criteria for batches."
-            )
-        device = next(model.parameters()).device
-        input_ids = input_ids.to(device)
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(int(seed))
-        ctx = self.attach(model, tokenizer=tokenizer) if self._attached is not model else _null()
-        with ctx, torch.inference_mode():
-            out = model(input_ids=input_ids, use_cache=True)
-            if self.action == "stop" and self.score_prompt and bool(self._stop[0]):
-                return
-            ids = input_ids[0].tolist()
-            was_fired = bool(self._fired[0])
-            for _ in range(max_new_tokens):
-                logits = out.logits[:, -1].float()
-                if do_sample:
-                    logits = logits / max(temperature, 1e-6)
-                    if top_k is not None:
-                        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-                        logits = logits.masked_fill(logits < kth, float("-inf"))
-                    token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
-                else:
-                    token = logits.argmax(-1, keepdim=True)
-                out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
-                self._last_input_ids = None
-                token_id = int(token)
-                before = tokenizer.decode(ids, skip_special_tokens=True)
-                ids.append(token_id)
-                text = tokenizer.decode(ids, skip_special_tokens=True)[len(before) :]
-                latest = self._latest
-                fired_now = bool(latest.fired[0]) and not was_fired
-                was_fired = was_fired or fired_now
-                yield StreamEvent(
-                    token_id=token_id,
-                    text=text,
-                    score=dict(zip(self.probe_names, latest.score[0].tolist(), strict=True)),
-                    smoothed=dict(zip(self.probe_names, latest.smoothed[0].tolist(), strict=True)),
-                    fired=fired_now,
-                )
-                if bool(self._stop[0]) or token_id in self._eos:
-                    return
-
-
-class _MonitorCriterion:
-    """A ``transformers`` stopping criterion: one bool per row, True where the monitor stopped the row."""
-
-    def __init__(self, monitor: Monitor) -> None:
-        self.monitor = monitor
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        m = self.monitor
-        m._last_input_ids = input_ids  # a reference: the trace reads tokens from it later
-        stop = getattr(m, "_stop", None)
-        if m._trace is None or stop is None or stop.shape[0] != input_ids.shape[0]:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        return stop.to(input_ids.device)
-
-    def __deepcopy__(self, memo: dict) -> _MonitorCriterion:
-        # Older transformers deep-copy the criteria list; the criterion must keep pointing at the live monitor.
-        return self
-
-
-class _MonitorProcessor:
-    """A ``transformers`` logits processor: rows the monitor stopped may only emit the end token.
-
-    ``generate`` calls it right after the forward whose hooks set the stop flags, before sampling, so the
-    token that fired is followed directly by EOS. Later steps of an already-finished row are padded by
-    ``generate`` anyway; forcing them as well keeps a row ended even where ``generate`` has no EOS criterion.
-    """
-
-    def __init__(self, monitor: Monitor) -> None:
-        self.monitor = monitor
-        self._allowed: torch.Tensor | None = None  # (vocab,) bool, True at the end token only
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        m = self.monitor
-        if m.action == "flag" or m._attached is None:
-            return scores
-        end = m._require_end_id()
-        stop = getattr(m, "_stop", None)
-        if m._trace is None or stop is None or stop.shape[0] != scores.shape[0]:
-            return scores
-        allowed = self._allowed
-        if allowed is None or allowed.shape[0] != scores.shape[-1] or allowed.device != scores.device:
-            allowed = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-            allowed[end] = True
-            self._allowed = allowed
-        rows = stop.to(scores.device)[:, None]
-        # -inf everywhere else and a finite logit for the end token (an earlier processor such as
-        # min_new_tokens may have set it to -inf), so greedy and every sampling warper pick it.
-        return scores.masked_fill(rows & ~allowed, float("-inf")).masked_fill(rows & allowed, 0.0)
-
-    def __deepcopy__(self, memo: dict) -> _MonitorProcessor:
-        return self
-
-
-def _processor_class() -> type:
-    from transformers import LogitsProcessor
-
-    return type("MonitorLogitsProcessor", (_MonitorProcessor, LogitsProcessor), {})
-
-
-def _pad_id(model: nn.Module, tokenizer: Any) -> int | None:
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
-        pad = getattr(source, "pad_token_id", None)
-        if isinstance(pad, (list, tuple)):
-            pad = pad[0] if pad else None
-        if pad is not None:
-            return int(pad)
-    return None
-
-
-# Registered as a real StoppingCriteria subclass lazily, so importing probes.monitor stays light.
-def _criterion_class() -> type:
-    from transformers import StoppingCriteria
-
-    return type("MonitorStoppingCriteria", (_MonitorCriterion, StoppingCriteria), {})
-
-
-def _null() -> ExitStack:
-    return ExitStack()
+        return stream_tokens(
+            self,
+            model,
+            tokenizer,
+            prompt,
+            input_ids=input_ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+        )
 
 
 def _move_probe(entry: BundleEntry, device: torch.device) -> None:

@@ -1,0 +1,164 @@
+"""How a monitor drives decoding: the ``transformers.generate`` glue and the hand-written stream loop.
+
+For ``generate``, a stopping criterion and a logits processor read the monitor's stop flags. Both are
+built as real ``StoppingCriteria`` / ``LogitsProcessor`` subclasses only when asked for, so importing
+:mod:`probes.monitor` does not import ``transformers``; they keep pointing at the live monitor
+(``__deepcopy__`` returns ``self``) and only read its device tensors: no host sync per step.
+:func:`stream_tokens` is the KV-cached loop behind :meth:`Monitor.stream`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from probes.monitor.events import StreamEvent
+
+if TYPE_CHECKING:  # pragma: no cover
+    from probes.monitor.monitor import Monitor
+
+
+class _MonitorCriterion:
+    """A ``transformers`` stopping criterion: one bool per row, True where the monitor stopped the row."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
+        m = self.monitor
+        m._last_input_ids = input_ids  # a reference: the trace reads tokens from it later
+        stop = getattr(m, "_stop", None)
+        if m._trace is None or stop is None or stop.shape[0] != input_ids.shape[0]:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return stop.to(input_ids.device)
+
+    def __deepcopy__(self, memo: dict) -> _MonitorCriterion:
+        # Older transformers deep-copy the criteria list; the criterion must keep pointing at the live monitor.
+        return self
+
+
+class _MonitorProcessor:
+    """A ``transformers`` logits processor: rows the monitor stopped may only emit the end token.
+
+    ``generate`` calls it right after the forward whose hooks set the stop flags, before sampling, so the
+    token that fired is followed directly by EOS. Later steps of an already-finished row are padded by
+    ``generate`` anyway; forcing them as well keeps a row ended even where ``generate`` has no EOS criterion.
+    """
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self._allowed: torch.Tensor | None = None  # (vocab,) bool, True at the end token only
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        m = self.monitor
+        if m.action == "flag" or m._attached is None:
+            return scores
+        end = m._require_end_id()
+        stop = getattr(m, "_stop", None)
+        if m._trace is None or stop is None or stop.shape[0] != scores.shape[0]:
+            return scores
+        allowed = self._allowed
+        if allowed is None or allowed.shape[0] != scores.shape[-1] or allowed.device != scores.device:
+            allowed = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            allowed[end] = True
+            self._allowed = allowed
+        rows = stop.to(scores.device)[:, None]
+        # -inf everywhere else and a finite logit for the end token (an earlier processor such as
+        # min_new_tokens may have set it to -inf), so greedy and every sampling warper pick it.
+        return scores.masked_fill(rows & ~allowed, float("-inf")).masked_fill(rows & allowed, 0.0)
+
+    def __deepcopy__(self, memo: dict) -> _MonitorProcessor:
+        return self
+
+
+def _processor_class() -> type:
+    from transformers import LogitsProcessor
+
+    return type("MonitorLogitsProcessor", (_MonitorProcessor, LogitsProcessor), {})
+
+
+def _pad_id(model: nn.Module, tokenizer: Any) -> int | None:
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        pad = getattr(source, "pad_token_id", None)
+        if isinstance(pad, (list, tuple)):
+            pad = pad[0] if pad else None
+        if pad is not None:
+            return int(pad)
+    return None
+
+
+# Registered as a real StoppingCriteria subclass lazily, so importing probes.monitor stays light.
+def _criterion_class() -> type:
+    from transformers import StoppingCriteria
+
+    return type("MonitorStoppingCriteria", (_MonitorCriterion, StoppingCriteria), {})
+
+
+def stream_tokens(
+    monitor: Monitor,
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str | None = None,
+    *,
+    input_ids: torch.Tensor | None = None,
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+) -> Iterator[StreamEvent]:
+    """The loop behind :meth:`Monitor.stream <probes.monitor.monitor.Monitor.stream>`."""
+    if input_ids is None:
+        if prompt is None:
+            raise ValueError("Pass prompt= or input_ids=.")
+        input_ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    if input_ids.ndim == 1:
+        input_ids = input_ids[None]
+    if input_ids.shape[0] != 1:
+        raise ValueError(
+            "stream() generates one sequence; use model.generate with stopping_criteria for batches."
+        )
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+    ctx = monitor.attach(model, tokenizer=tokenizer) if monitor._attached is not model else ExitStack()
+    with ctx, torch.inference_mode():
+        out = model(input_ids=input_ids, use_cache=True)
+        if monitor.action == "stop" and monitor.score_prompt and bool(monitor._stop[0]):
+            return
+        ids = input_ids[0].tolist()
+        was_fired = bool(monitor._fired[0])
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            if do_sample:
+                logits = logits / max(temperature, 1e-6)
+                if top_k is not None:
+                    kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+            else:
+                token = logits.argmax(-1, keepdim=True)
+            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            monitor._last_input_ids = None
+            token_id = int(token)
+            before = tokenizer.decode(ids, skip_special_tokens=True)
+            ids.append(token_id)
+            text = tokenizer.decode(ids, skip_special_tokens=True)[len(before) :]
+            latest = monitor._latest
+            fired_now = bool(latest.fired[0]) and not was_fired
+            was_fired = was_fired or fired_now
+            yield StreamEvent(
+                token_id=token_id,
+                text=text,
+                score=dict(zip(monitor.probe_names, latest.score[0].tolist(), strict=True)),
+                smoothed=dict(zip(monitor.probe_names, latest.smoothed[0].tolist(), strict=True)),
+                fired=fired_now,
+            )
+            if bool(monitor._stop[0]) or token_id in monitor._eos:
+                return
