@@ -15,6 +15,7 @@ Persistence never uses pickle: a probe is ``get_params()`` (JSON) plus ``state_t
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, TypeVar
 
@@ -65,9 +66,18 @@ class Probe(ABC):
         return (self.decision_function(X) > 0).astype(np.int64)
 
     # --- persistence (safetensors + JSON) -----------------------------------------------------
-    @abstractmethod
     def get_params(self) -> dict[str, Any]:
-        """Hyperparameters as JSON-serialisable values (what ``__init__`` takes)."""
+        """Hyperparameters: every ``__init__`` argument, read back from the attribute of the same name.
+
+        As in scikit-learn, ``__init__`` stores each argument unchanged under its own name, so the signature
+        is the one list of hyperparameters (no hand-kept copy to drift).
+        """
+        names = [
+            name
+            for name, param in inspect.signature(type(self).__init__).parameters.items()
+            if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+        ]
+        return {name: getattr(self, name) for name in names}
 
     @abstractmethod
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -141,19 +141,6 @@ class LogisticProbe(LinearProbe):
         self.backend = backend
         self.seed = seed
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "C": self.C,
-            "standardize": self.standardize,
-            "fit_intercept": self.fit_intercept,
-            "max_iter": self.max_iter,
-            "cv": self.cv,
-            "Cs": self.Cs,
-            "class_weight": self.class_weight,
-            "backend": self.backend,
-            "seed": self.seed,
-        }
-
     def _validate_params(self) -> None:
         if not float(self.C) > 0:
             raise ValueError(f"LogisticProbe: C must be > 0 (inverse regularisation); got {self.C}.")
@@ -250,9 +237,6 @@ class DiffMeansProbe(LinearProbe):
         self.lda = lda
         self.shrinkage = shrinkage
         self.standardize = standardize
-
-    def get_params(self) -> dict[str, Any]:
-        return {"lda": self.lda, "shrinkage": self.shrinkage, "standardize": self.standardize}
 
     def fit(self, X: ArrayLike, y: ArrayLike, groups: Any = None) -> DiffMeansProbe:
         if not (

@@ -55,20 +55,6 @@ class MLPProbe(Probe):
         self.device = device
         self.standardize = standardize
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "hidden": self.hidden,
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "val_fraction": self.val_fraction,
-            "patience": self.patience,
-            "seed": self.seed,
-            "device": self.device,
-            "standardize": self.standardize,
-        }
-
     def fit(self, X: ArrayLike, y: ArrayLike, groups: Any = None) -> MLPProbe:
         who = "MLPProbe.fit"
         if int(self.hidden) < 1:

@@ -79,19 +79,6 @@ class TokenProbe(LinearProbe):
         self.calibrate = calibrate
         self.backend = backend
 
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "aggregation": self.aggregation,
-            "alpha": self.alpha,
-            "window": self.window,
-            "C": self.C,
-            "standardize": self.standardize,
-            "max_iter": self.max_iter,
-            "class_weight": self.class_weight,
-            "calibrate": self.calibrate,
-            "backend": self.backend,
-        }
-
     def fit(self, X: RaggedTokens, y: ArrayLike, groups: Any = None) -> TokenProbe:  # type: ignore[override]
         who = "TokenProbe.fit"
         check_aggregation(self.aggregation, self.alpha, self.window)
@@ -208,19 +195,6 @@ class AttentionProbe(Probe):
         self.seed = seed
         self.device = device
         self.standardize = standardize
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "weight_decay": self.weight_decay,
-            "max_epochs": self.max_epochs,
-            "batch_size": self.batch_size,
-            "val_fraction": self.val_fraction,
-            "patience": self.patience,
-            "seed": self.seed,
-            "device": self.device,
-            "standardize": self.standardize,
-        }
 
     def fit(self, X: RaggedTokens, y: ArrayLike, groups: Any = None) -> AttentionProbe:  # type: ignore[override]
         who = "AttentionProbe.fit"
