@@ -48,3 +48,12 @@ class TrackingError(ProbesError):
 
 class TokenizerError(ProbesError, TypeError):
     """A tokenizer cannot do what was asked (a slow tokenizer has no offsets; no chat template to apply)."""
+
+
+class MonitorError(ProbesError, RuntimeError):
+    """A streaming monitor could not score a forward pass it was attached to, so it refuses to go on.
+
+    Raised (fail closed) when the positions of a forward call cannot be worked out from what the caller
+    passed, when a probe's site produced no activations, when the decoding mode reorders rows (beam search,
+    assisted decoding), or - at the end of a generation - when a score was NaN or infinite.
+    """

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from probes.monitor.events import StreamEvent
+from probes.monitor.positions import cache_keyword, output_cache
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.monitor.monitor import Monitor
@@ -128,6 +129,7 @@ def stream_tokens(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(int(seed))
     ctx = monitor.attach(model, tokenizer=tokenizer) if monitor._attached is not model else ExitStack()
+    cache_kw = cache_keyword(model)  # cache= (transformers >= 5.24) or past_key_values= (older)
     with ctx, torch.inference_mode():
         out = model(input_ids=input_ids, use_cache=True)
         if monitor.action == "stop" and monitor.score_prompt and bool(monitor._stop[0]):
@@ -144,7 +146,7 @@ def stream_tokens(
                 token = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
             else:
                 token = logits.argmax(-1, keepdim=True)
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=token, use_cache=True, **{cache_kw: output_cache(out)})
             monitor._last_input_ids = None
             token_id = int(token)
             before = tokenizer.decode(ids, skip_special_tokens=True)

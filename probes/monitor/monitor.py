@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from probes.errors import FingerprintMismatchError
+from probes.errors import FingerprintMismatchError, MonitorError
 from probes.models.sites import num_layers, parse_site, residual_hook
 from probes.monitor.events import FireEvent, StepScores, StreamEvent
 from probes.monitor.generation import _criterion_class, _pad_id, _processor_class, stream_tokens
+from probes.monitor.positions import locate
 from probes.monitor.trace import Trace, _Step
 from probes.package.bundle import ProbeBundle
 from probes.package.entry import BundleEntry
@@ -208,6 +209,7 @@ class Monitor:
         self._eos: list[int] = []
         self._end_id: int | None = None  # the token a stopped row is forced to end with
         self._disabled = False
+        self._fresh = True
         self._batch = 0
         self._total = 0
 
@@ -311,11 +313,12 @@ class Monitor:
             self._ctx = None
             return
         batch, seq = int(shape[0]), int(shape[1])
-        cache = kwargs.get("past_key_values")
-        past = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
-        if past == 0 and kwargs.get("use_cache") is False and self._batch == batch and 0 < self._total < seq:
-            # generate(use_cache=False) re-feeds the whole sequence: only the tail is new.
-            past = self._total
+        try:
+            past = self._past_positions(kwargs, batch, seq)
+        except MonitorError as exc:
+            self._ctx = None
+            self._fail(exc)
+            return
         new_sequence = past == 0
         if new_sequence:
             self._reset(batch)
@@ -334,6 +337,42 @@ class Monitor:
             parts=[None] * len(self._groups),
         )
         self._total = past + n_new
+
+    def _past_positions(self, kwargs: dict, batch: int, seq: int) -> int:
+        """Positions before this call's new ones; :class:`MonitorError` when they cannot be known.
+
+        What the arguments say (:func:`~probes.monitor.positions.locate`) is checked against the monitor's
+        own count: a cache holding positions the monitor never saw, or rows that changed in number, mean
+        the trace would no longer line up with the text, so the monitor refuses instead of guessing.
+        """
+        found = locate(kwargs, seq)
+        past = found.past
+        if past == 0 and found.evidence is None and self._trace is not None and self._batch == batch:
+            if kwargs.get("use_cache") is False and 0 < self._total < seq:
+                # generate(use_cache=False) re-feeds the whole sequence: only the tail is new.
+                return self._total
+            if seq == 1 and self._total > 0 and not self._fresh:
+                raise MonitorError(
+                    "A one-token forward arrived with no KV cache the monitor can read, right after a "
+                    f"sequence of {self._total} positions: it cannot tell a decoding step (whose cache it "
+                    "cannot see) from a new one-token prompt. Pass the cache as cache= / past_key_values=, "
+                    "or call monitor.reset() before starting a new sequence."
+                )
+        if past > 0 and (self._trace is None or past != self._total or batch != self._batch):
+            seen = "nothing" if self._trace is None else f"{self._total} positions of {self._batch} rows"
+            raise MonitorError(
+                f"Positions do not add up: {found.evidence}= holds {past} positions of {batch} rows, but the "
+                f"monitor has seen {seen}. The cache was filled without the monitor (attach it before the "
+                "prompt runs), or the decoding method reorders or rewinds rows (beam search, assisted "
+                "decoding), which a per-row monitor cannot follow."
+            )
+        self._fresh = False
+        return past
+
+    def reset(self) -> None:
+        """Declare that the next forward starts a new sequence (only needed for one-token prompts sent
+        without a KV cache; every other new sequence is recognised by its empty cache)."""
+        self._fresh = True
 
     def _site_hook(self, gi: int) -> Callable[[torch.Tensor], None]:
         group = self._groups[gi]
@@ -362,7 +401,14 @@ class Monitor:
         if ctx is None or self._trace is None:
             return
         try:
-            if not ctx.score or any(p is None for p in ctx.parts):
+            if ctx.score and any(p is None for p in ctx.parts):
+                missing = [g.site for g, p in zip(self._groups, ctx.parts, strict=True) if p is None]
+                raise MonitorError(
+                    f"Site(s) {', '.join(missing)} produced no activations in this forward pass, so "
+                    f"{'these probes' if len(missing) > 1 else 'its probes'} could not score the new tokens "
+                    "(the block list was replaced, or the forward stopped early). Refusing to go on unscored."
+                )
+            if not ctx.score:
                 self._trace._append(_Step(ctx.start, ctx.ids, ctx.valid, None, None, None, ctx.is_prompt))
                 return
             raw = ctx.parts[0] if len(ctx.parts) == 1 else torch.cat(ctx.parts, dim=-1)  # type: ignore[arg-type]
