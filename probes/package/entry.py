@@ -24,15 +24,33 @@ if TYPE_CHECKING:  # pragma: no cover
 NORM_KEYS = ("mean", "scale")
 
 
+#: What a threshold controls: ``"text"`` - the false-positive rate of the probe's score on benign control
+#: *texts*; ``"generation"`` - the share of benign *generations* a monitor interrupts (the maximum of the
+#: smoothed score over every generated token), calibrated on the model's own continuations.
+THRESHOLD_KINDS = ("text", "generation")
+
+
 @dataclass(frozen=True)
 class Threshold:
-    """A decision-score threshold and what it was calibrated for."""
+    """A decision-score threshold and what it was calibrated for.
+
+    ``target_fpr`` is the target false-positive rate: per control text for ``kind="text"``, per benign
+    generation (the interrupt rate) for ``kind="generation"``. ``record`` holds what a generation-level
+    threshold was calibrated under (sampling and monitor settings, the held-out interrupt rate with its
+    interval), so a reader can tell whether it applies to their deployment.
+    """
 
     value: float
     target_fpr: float | None = None
     control_set: str | None = None
     control_fingerprint: str | None = None
     n_control: int | None = None
+    kind: str = "text"
+    record: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in THRESHOLD_KINDS:
+            raise ValueError(f"threshold kind must be one of {THRESHOLD_KINDS}, got {self.kind!r}.")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -41,6 +59,8 @@ class Threshold:
             "control_set": self.control_set,
             "control_fingerprint": self.control_fingerprint,
             "n_control": self.n_control,
+            "kind": self.kind,
+            "record": self.record,
         }
 
     @classmethod
@@ -55,12 +75,22 @@ class Threshold:
             data = dict(spec)
             if "value" not in data and "threshold" in data:
                 data["value"] = data.pop("threshold")
-            unknown = set(data) - {"value", "target_fpr", "control_set", "control_fingerprint", "n_control"}
+            allowed = {
+                "value",
+                "target_fpr",
+                "control_set",
+                "control_fingerprint",
+                "n_control",
+                "kind",
+                "record",
+            }
+            unknown = set(data) - allowed
             if unknown or "value" not in data:
                 raise ValueError(
                     f"A threshold mapping needs 'value' and may have target_fpr, control_set, "
-                    f"control_fingerprint, n_control; got keys {sorted(spec)}."
+                    f"control_fingerprint, n_control, kind, record; got keys {sorted(spec)}."
                 )
+            data["kind"] = data.get("kind") or "text"
             data["value"] = _finite(float(data["value"]), "threshold")
             return cls(**data)
         value = getattr(spec, "threshold", None)
