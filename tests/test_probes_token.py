@@ -15,7 +15,6 @@ from probes.train import AttentionProbe, LogisticProbe, TokenProbe, load_probe, 
 from probes.train.aggregate import (
     AGGREGATIONS,
     StreamingAggregator,
-    StreamingSoftmaxPool,
     aggregate,
     attention_weights,
     ema,
@@ -135,7 +134,7 @@ def test_softmax_pool_batch_and_streaming_agree() -> None:
         assert abs(float(w[lo:hi].sum()) - 1.0) < 1e-6
         ref = float((torch.softmax(a[lo:hi], 0) * v[lo:hi]).sum())
         assert abs(float(pooled[i]) - ref) < 1e-6
-        pool = StreamingSoftmaxPool()
+        pool = StreamingAggregator("attention", window=None)
         for t in range(lo, hi):
             out = pool.update(v[t : t + 1], a[t : t + 1])
         assert abs(float(out) - ref) < 1e-5

@@ -23,11 +23,12 @@ class StepScores:
     """Scores of the newest position of every row: tensors on the model's device, probes in
     ``Monitor.probe_names`` order."""
 
-    score: torch.Tensor  # (batch, probes) raw decision scores
-    smoothed: torch.Tensor  # (batch, probes)
+    score: torch.Tensor  # (batch, probes) raw per-token decision scores (an attention probe: its value)
+    smoothed: torch.Tensor  # (batch, probes) what is compared with the threshold
     firing: torch.Tensor  # (batch, probes) bool: smoothed above threshold for ``patience`` tokens
     fired: torch.Tensor  # (batch,) bool: the row has fired at some point of this generation
     position: int  # column index of the position in the sequence
+    running: torch.Tensor | None = None  # (batch, probes): each probe's sequence score of the prefix so far
 
 
 @dataclass(frozen=True)

@@ -5,35 +5,57 @@ built as real ``StoppingCriteria`` / ``LogitsProcessor`` subclasses only when as
 :mod:`probes.monitor` does not import ``transformers``; they keep pointing at the live monitor
 (``__deepcopy__`` returns ``self``) and only read its device tensors: no host sync per step.
 :func:`stream_tokens` is the KV-cached loop behind :meth:`Monitor.stream`.
+
+Everything here goes through the monitor's public, read-only surface (:class:`MonitorLike`); this module
+never imports :mod:`probes.monitor.monitor`, so the two do not depend on each other in a circle.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from probes.monitor.events import StreamEvent
+from probes.monitor.events import StepScores, StreamEvent
 from probes.monitor.positions import cache_keyword, output_cache
 
-if TYPE_CHECKING:  # pragma: no cover
-    from probes.monitor.monitor import Monitor
+
+class MonitorLike(Protocol):
+    """The part of :class:`probes.Monitor` that the decoding drivers use."""
+
+    action: Any
+    score_prompt: bool
+    probe_names: list[str]
+
+    @property
+    def stop_flags(self) -> torch.Tensor | None: ...
+    @property
+    def fired(self) -> torch.Tensor: ...
+    @property
+    def attached_model(self) -> nn.Module | None: ...
+    @property
+    def eos_token_ids(self) -> list[int]: ...
+    def latest(self) -> StepScores | None: ...
+    def end_token_id(self) -> int: ...
+    def observe_sequences(self, input_ids: torch.Tensor | None) -> None: ...
+
+    attach: Callable[..., AbstractContextManager[Any]]
 
 
 class _MonitorCriterion:
     """A ``transformers`` stopping criterion: one bool per row, True where the monitor stopped the row."""
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: MonitorLike) -> None:
         self.monitor = monitor
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
         m = self.monitor
-        m._last_input_ids = input_ids  # a reference: the trace reads tokens from it later
-        stop = getattr(m, "_stop", None)
-        if m._trace is None or stop is None or stop.shape[0] != input_ids.shape[0]:
+        m.observe_sequences(input_ids)  # a reference: the trace reads tokens from it later
+        stop = m.stop_flags
+        if stop is None or stop.shape[0] != input_ids.shape[0]:
             return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         return stop.to(input_ids.device)
 
@@ -50,17 +72,17 @@ class _MonitorProcessor:
     ``generate`` anyway; forcing them as well keeps a row ended even where ``generate`` has no EOS criterion.
     """
 
-    def __init__(self, monitor: Monitor) -> None:
+    def __init__(self, monitor: MonitorLike) -> None:
         self.monitor = monitor
         self._allowed: torch.Tensor | None = None  # (vocab,) bool, True at the end token only
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         m = self.monitor
-        if m.action == "flag" or m._attached is None:
+        if m.action == "flag" or m.attached_model is None:
             return scores
-        end = m._require_end_id()
-        stop = getattr(m, "_stop", None)
-        if m._trace is None or stop is None or stop.shape[0] != scores.shape[0]:
+        end = m.end_token_id()
+        stop = m.stop_flags
+        if stop is None or stop.shape[0] != scores.shape[0]:
             return scores
         allowed = self._allowed
         if allowed is None or allowed.shape[0] != scores.shape[-1] or allowed.device != scores.device:
@@ -76,13 +98,13 @@ class _MonitorProcessor:
         return self
 
 
-def _processor_class() -> type:
+def processor_class() -> type:
     from transformers import LogitsProcessor
 
     return type("MonitorLogitsProcessor", (_MonitorProcessor, LogitsProcessor), {})
 
 
-def _pad_id(model: nn.Module, tokenizer: Any) -> int | None:
+def pad_id(model: nn.Module, tokenizer: Any) -> int | None:
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
         pad = getattr(source, "pad_token_id", None)
         if isinstance(pad, (list, tuple)):
@@ -93,14 +115,14 @@ def _pad_id(model: nn.Module, tokenizer: Any) -> int | None:
 
 
 # Registered as a real StoppingCriteria subclass lazily, so importing probes.monitor stays light.
-def _criterion_class() -> type:
+def criterion_class() -> type:
     from transformers import StoppingCriteria
 
     return type("MonitorStoppingCriteria", (_MonitorCriterion, StoppingCriteria), {})
 
 
 def stream_tokens(
-    monitor: Monitor,
+    monitor: MonitorLike,
     model: nn.Module,
     tokenizer: Any,
     prompt: str | None = None,
@@ -128,14 +150,16 @@ def stream_tokens(
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(int(seed))
-    ctx = monitor.attach(model, tokenizer=tokenizer) if monitor._attached is not model else ExitStack()
+    ctx = monitor.attach(model, tokenizer=tokenizer) if monitor.attached_model is not model else ExitStack()
     cache_kw = cache_keyword(model)  # cache= (transformers >= 5.24) or past_key_values= (older)
     with ctx, torch.inference_mode():
         out = model(input_ids=input_ids, use_cache=True)
-        if monitor.action == "stop" and monitor.score_prompt and bool(monitor._stop[0]):
+        stop = monitor.stop_flags
+        if monitor.action == "stop" and monitor.score_prompt and stop is not None and bool(stop[0]):
             return
         ids = input_ids[0].tolist()
-        was_fired = bool(monitor._fired[0])
+        was_fired = bool(monitor.fired[0])
+        eos = set(monitor.eos_token_ids)
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             if do_sample:
@@ -147,20 +171,30 @@ def stream_tokens(
             else:
                 token = logits.argmax(-1, keepdim=True)
             out = model(input_ids=token, use_cache=True, **{cache_kw: output_cache(out)})
-            monitor._last_input_ids = None
+            monitor.observe_sequences(None)
             token_id = int(token)
             before = tokenizer.decode(ids, skip_special_tokens=True)
             ids.append(token_id)
             text = tokenizer.decode(ids, skip_special_tokens=True)[len(before) :]
-            latest = monitor._latest
-            fired_now = bool(latest.fired[0]) and not was_fired
+            latest = monitor.latest()  # None when the step went unscored (on_error="continue" after an error)
+            nan = [float("nan")] * len(monitor.probe_names)
+            fired_now = latest is not None and bool(latest.fired[0]) and not was_fired
             was_fired = was_fired or fired_now
             yield StreamEvent(
                 token_id=token_id,
                 text=text,
-                score=dict(zip(monitor.probe_names, latest.score[0].tolist(), strict=True)),
-                smoothed=dict(zip(monitor.probe_names, latest.smoothed[0].tolist(), strict=True)),
+                score=dict(
+                    zip(monitor.probe_names, nan if latest is None else latest.score[0].tolist(), strict=True)
+                ),
+                smoothed=dict(
+                    zip(
+                        monitor.probe_names,
+                        nan if latest is None else latest.smoothed[0].tolist(),
+                        strict=True,
+                    )
+                ),
                 fired=fired_now,
             )
-            if bool(monitor._stop[0]) or token_id in monitor._eos:
+            stop = monitor.stop_flags
+            if (stop is not None and bool(stop[0])) or token_id in eos:
                 return

@@ -29,6 +29,7 @@ class _Step:
     smoothed: torch.Tensor | None
     firing: torch.Tensor | None  # (B, n, P) bool
     is_prompt: bool
+    running: torch.Tensor | None = None  # (B, n, P) each probe's sequence score of the prefix
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TraceRow:
     score: np.ndarray  # (T, P) raw decision scores, NaN where not scored
     smoothed: np.ndarray  # (T, P)
     firing: np.ndarray  # (T, P) bool
+    running: np.ndarray  # (T, P) each probe's sequence score of the prefix up to this token
     fired_at: int | None  # position where the row first fired
     fired_probe: int | None
     stopped: bool
@@ -88,7 +90,7 @@ class Trace:
     def _build(self) -> list[TraceRow]:
         b, p = self.batch, len(self.probe_names)
         cols: dict[
-            int, tuple[int, bool, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+            int, tuple[bool, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         ] = {}
         for step in self._steps:
             if step.valid is not None:
@@ -106,19 +108,19 @@ class Trace:
                 raw = step.raw.detach().float().cpu().numpy()
                 sm = step.smoothed.detach().float().cpu().numpy()  # type: ignore[union-attr]
                 fi = step.firing.detach().cpu().numpy()  # type: ignore[union-attr]
+                ru = sm if step.running is None else step.running.detach().float().cpu().numpy()
             else:
-                raw = sm = np.full((b, n, p), np.nan, dtype=np.float32)
+                raw = sm = ru = np.full((b, n, p), np.nan, dtype=np.float32)
                 fi = np.zeros((b, n, p), dtype=bool)
             for t in range(n):
                 cols[step.start + t] = (
-                    0,
                     step.is_prompt,
-                    0,
                     ids[:, t],
                     valid[:, t],
                     raw[:, t],
                     sm[:, t],
                     fi[:, t],
+                    ru[:, t],
                 )
         if self._sequences is not None:
             # Tokens generate sampled but never fed back (the last step): shown unscored.
@@ -126,7 +128,7 @@ class Trace:
             for pos in range(seq.shape[1]):
                 if pos not in cols:
                     nan = np.full((b, p), np.nan, dtype=np.float32)
-                    cols[pos] = (0, False, 0, seq[:, pos], np.ones(b, bool), nan, nan, np.zeros((b, p), bool))
+                    cols[pos] = (False, seq[:, pos], np.ones(b, bool), nan, nan, np.zeros((b, p), bool), nan)
         order = sorted(cols)
         rows = []
         for r in range(b):
@@ -136,16 +138,16 @@ class Trace:
             for pos in order:
                 if pos > end:
                     break
-                _, is_prompt, _, ids, valid, raw, sm, fi = cols[pos]
+                is_prompt, ids, valid, raw, sm, fi, ru = cols[pos]
                 if not valid[r]:
                     continue
                 if pos == end and fired_at is not None and int(ids[r]) in self._end_ids:
                     # The end token the monitor forced after the firing token: the model did not write it,
                     # and whether it was read at all depends on the other rows, so it is never scored.
-                    raw = sm = np.full_like(raw, np.nan)
+                    raw = sm = ru = np.full_like(raw, np.nan)
                     fi = np.zeros_like(fi)
                 keep_pos.append(pos)
-                keep.append((int(ids[r]), is_prompt, raw[r], sm[r], fi[r]))
+                keep.append((int(ids[r]), is_prompt, raw[r], sm[r], fi[r], ru[r]))
                 if fired_at is None and fi[r].any():
                     fired_at, fired_probe = pos, int(np.argmax(fi[r]))
                     if self._stop_rows or r in self._stopped_rows:
@@ -162,6 +164,7 @@ class Trace:
                     score=np.asarray([k[2] for k in keep], dtype=np.float32).reshape(-1, p),
                     smoothed=np.asarray([k[3] for k in keep], dtype=np.float32).reshape(-1, p),
                     firing=np.asarray([k[4] for k in keep], dtype=bool).reshape(-1, p),
+                    running=np.asarray([k[5] for k in keep], dtype=np.float32).reshape(-1, p),
                     fired_at=fired_at,
                     fired_probe=fired_probe,
                     stopped=fired_at is not None and (self._stop_rows or r in self._stopped_rows),
@@ -197,8 +200,10 @@ class Trace:
 
         Columns: ``row``, ``position`` (column index in the generated sequences, so
         ``sequences[row, position] == token_id``), ``token_id``, ``token``, ``prompt``, ``probe``,
-        ``threshold``, ``score`` (raw decision score), ``smoothed``, ``fired`` (smoothed score above the
-        threshold for ``patience`` tokens at this token).
+        ``threshold``, ``score`` (raw per-token decision score), ``smoothed`` (what is compared with the
+        threshold), ``running`` (the probe's sequence score of the prefix: for a token-level probe its
+        offline score of the text up to here), ``fired`` (smoothed score above the threshold for
+        ``patience`` tokens at this token).
         """
         import pandas as pd
 
@@ -215,6 +220,7 @@ class Trace:
                 "threshold",
                 "score",
                 "smoothed",
+                "running",
                 "fired",
             )
         }
@@ -234,6 +240,7 @@ class Trace:
                     records["threshold"].append(self.thresholds[j])
                     records["score"].append(float(row.score[i, j]))
                     records["smoothed"].append(float(row.smoothed[i, j]))
+                    records["running"].append(float(row.running[i, j]))
                     records["fired"].append(bool(row.firing[i, j]))
         return pd.DataFrame(records)
 

@@ -147,9 +147,28 @@ class BundleEntry:
     def score_form(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(w, b)`` in raw activation space with any normalisation folded in, or ``None`` if nonlinear."""
         form = self.probe.linear_form()
-        if form is None:
-            return None
-        w, b = (torch.as_tensor(t).detach().float().reshape(-1) for t in form)
+        return None if form is None else self._fold(*form)
+
+    def score_columns(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The per-token linear maps a monitor fuses into one matmul, normalisation folded in.
+
+        ``[(w, b)]`` for a linear probe (its decision score); ``[(v, b), (q, 0)]`` - value and attention
+        logit - for an attention-pooled probe; ``None`` for a probe that must run its own ``score``.
+        """
+        attention = getattr(self.probe, "attention_form", None)
+        if callable(attention):
+            q, v, b = attention()
+            forms = [(v, b), (q, torch.zeros(()))]
+        else:
+            form = self.probe.linear_form()
+            if form is None:
+                return None
+            forms = [form]
+        return [self._fold(w, b) for w, b in forms]
+
+    def _fold(self, w: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.as_tensor(w).detach().float().reshape(-1)
+        b = torch.as_tensor(b).detach().float().reshape(())
         if self.normalization is not None:
             mean = self.normalization["mean"].float().reshape(-1)
             scale = self.normalization["scale"].float().reshape(-1)

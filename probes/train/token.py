@@ -26,10 +26,10 @@ from probes.train._validate import (
 from probes.train.aggregate import (
     StreamingAggregator,
     aggregate,
+    attention_pool,
     attention_weights,
     check_aggregation,
     segment_ids,
-    softmax_pool,
 )
 from probes.train.base import ArrayLike, Probe, register_probe
 from probes.train.linear import LinearProbe, fit_logistic_many
@@ -164,11 +164,16 @@ _ATTN_STATE = ("query", "value_coef", "value_intercept", "mean", "scale")
 class AttentionProbe(Probe):
     """Attention-pooled probe: ``score = sum_t softmax_t(x_t . q) * (x_t . v + b)`` over a sequence's tokens.
 
+    With ``window=w`` it is the MultiMax-style variant: the softmax pool is taken over every window of
+    ``w`` consecutive tokens and the score is the maximum over windows (a sequence shorter than ``w`` scores
+    its whole-sequence pool), so one short burst in a long text is not averaged away.
+
     The query ``q`` and value head ``(v, b)`` are learned with BCE on sequence labels (AdamW, mini-batches
     of sequences, early stopping on a seeded validation split -- grouped when ``fit`` gets ``groups``).
     Both start at zero, i.e. as a mean-pooled probe. :meth:`score_tokens` gives the per-token values
-    ``x_t . v + b`` and :meth:`attention_weights` the softmax weights; a monitor can stream the score with
-    :class:`~probes.train.aggregate.StreamingSoftmaxPool` and :meth:`attention_form`.
+    ``x_t . v + b`` and :meth:`attention_weights` the softmax weights. A monitor streams the score exactly
+    (online softmax, O(1) state per row; O(w) with a window) from :meth:`attention_form` and
+    :meth:`streaming_aggregator`.
     """
 
     kind = "attention"
@@ -185,7 +190,9 @@ class AttentionProbe(Probe):
         seed: int = 0,
         device: str = "cpu",
         standardize: bool = True,
+        window: int | None = None,
     ) -> None:
+        self.window = window
         self.lr = lr
         self.weight_decay = weight_decay
         self.max_epochs = max_epochs
@@ -201,6 +208,10 @@ class AttentionProbe(Probe):
         check_training_params(
             who, self.lr, self.max_epochs, self.batch_size, self.val_fraction, self.patience
         )
+        if self.window is not None and (int(self.window) != self.window or int(self.window) < 1):
+            raise ValueError(
+                f"{who}: window must be None (whole sequence) or an integer >= 1; got {self.window}."
+            )
         X = check_ragged(X, who)
         y_np = check_labels(y, len(X), who)
         g = check_groups(groups, len(X), who)
@@ -235,8 +246,8 @@ class AttentionProbe(Probe):
 
         def forward(tok: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
             z = Z[tok]
-            return softmax_pool(
-                z @ params["value_coef"] + params["value_intercept"], z @ params["query"], off
+            return attention_pool(
+                z @ params["value_coef"] + params["value_intercept"], z @ params["query"], off, self.window
             )
 
         tr_t = torch.as_tensor(tr, dtype=torch.long, device=dev)
@@ -322,7 +333,12 @@ class AttentionProbe(Probe):
         X = self._check_input(X)
         q, v, b = self._weights_on(X.values.device)
         x = X.values.to(torch.float32)
-        return softmax_pool(x @ v + b, x @ q, X.offsets)
+        return attention_pool(x @ v + b, x @ q, X.offsets, self.window)
+
+    def streaming_aggregator(self) -> StreamingAggregator:
+        """A fresh token-by-token aggregator that reproduces :meth:`score_torch` from the two per-token
+        columns of :meth:`attention_form` (value, then attention logit)."""
+        return StreamingAggregator("attention", window=None if self.window is None else int(self.window))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         self._check_fitted()
