@@ -6,8 +6,11 @@
 Variants, each generating exactly ``--new-tokens`` tokens greedily (``min_new_tokens`` pins the length):
 
 ``plain``     ``model.generate`` alone (the baseline every ratio is relative to)
-``monitor``   the same call with a :class:`probes.Monitor` attached (3 probes on 2 layers, EMA smoothing,
-              per-row stopping criteria; the threshold is out of reach so every variant makes as many steps)
+``linear``    the same call with a :class:`probes.Monitor` attached: one linear probe, EMA smoothing, the
+              exact-stop criteria and logits processor (the threshold is out of reach, so every variant
+              makes as many steps)
+``attention`` one attention-pooled token probe (online softmax per row, two fused columns)
+``3-probes``  three linear probes on two layers
 ``naive``     ``generate(output_hidden_states=True, return_dict_in_generate=True)``, then scoring every
               step's hidden states afterwards (what one writes without hooks)
 
@@ -39,7 +42,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import random_causal_lm  # noqa: E402
 
-VARIANTS = ("plain", "monitor", "naive")
+VARIANTS = ("plain", "linear", "attention", "3-probes", "naive")
 SHAPES = ("gpt2-small", "llama-135m")
 
 
@@ -50,11 +53,13 @@ def build(shape: str):
     return model
 
 
-def make_bundle(model):
+def make_bundles(model) -> dict[str, Any]:
+    """One bundle per monitored variant, random probes with thresholds out of reach (every variant makes
+    as many decoding steps as plain generate)."""
     import torch
 
     from probes.package import ProbeBundle
-    from probes.train import LogisticProbe
+    from probes.train import AttentionProbe, LogisticProbe
 
     d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
     g = torch.Generator().manual_seed(0)
@@ -66,10 +71,20 @@ def make_bundle(model):
              "C": torch.ones(1, dtype=torch.float64)}
         )  # fmt: skip
 
+    def attention() -> AttentionProbe:
+        return AttentionProbe().load_state_tensors(
+            {"query": torch.randn(d, generator=g) / d**0.5, "value_coef": torch.randn(d, generator=g) / d**0.5,
+             "value_intercept": torch.zeros(1), "mean": torch.zeros(d), "scale": torch.ones(d)}
+        )  # fmt: skip
+
     mid, late = n_layers // 2, n_layers - 2
-    bundle = ProbeBundle.from_probe(probe(), model=model, layer=mid, name="a", threshold=1e9)
-    bundle.add(probe(), layer=mid, name="b", threshold=1e9).add(probe(), layer=late, name="c", threshold=1e9)
-    return bundle, (mid, late)
+    three = ProbeBundle.from_probe(probe(), model=model, layer=mid, name="a", threshold=1e9)
+    three.add(probe(), layer=mid, name="b", threshold=1e9).add(probe(), layer=late, name="c", threshold=1e9)
+    return {
+        "linear": ProbeBundle.from_probe(probe(), model=model, layer=mid, name="a", threshold=1e9),
+        "attention": ProbeBundle.from_probe(attention(), model=model, layer=mid, name="a", threshold=1e9),
+        "3-probes": three,
+    }
 
 
 def inputs(batch: int, prompt_len: int):
@@ -84,17 +99,17 @@ def inputs(batch: int, prompt_len: int):
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def run_variant(variant: str, model, bundle, layers, enc, new_tokens: int) -> None:
+def run_variant(variant: str, model, bundles, enc, new_tokens: int) -> None:
     import torch
 
     kw: dict[str, Any] = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False}
     with torch.inference_mode():
         if variant == "plain":
             model.generate(**enc, **kw)
-        elif variant == "monitor":
+        elif variant in bundles:
             from probes.monitor import Monitor
 
-            monitor = Monitor(bundle, check_fingerprint=False)
+            monitor = Monitor(bundles[variant], check_fingerprint=False)
             with monitor.attach(model):
                 model.generate(**enc, **monitor.generate_kwargs(), **kw)
             monitor.fired.any()  # the result a caller reads; included in the timing
@@ -102,8 +117,7 @@ def run_variant(variant: str, model, bundle, layers, enc, new_tokens: int) -> No
             from probes.train.aggregate import ema
 
             out = model.generate(**enc, output_hidden_states=True, return_dict_in_generate=True, **kw)
-            entries = list(bundle)
-            for entry in entries:
+            for entry in bundles["3-probes"]:
                 layer = entry.layer
                 # hidden_states: one tuple per step, each (embeddings, block 1, ..., block L).
                 h = torch.cat([step[layer][:, -1:] for step in out.hidden_states[1:]], dim=1)
@@ -166,11 +180,11 @@ def main() -> None:
     rows = []
     for shape in SHAPES:
         model = build(shape)
-        bundle, layers = make_bundle(model)
+        bundles = make_bundles(model)
         for batch in (1, 8):
             enc = inputs(batch, args.prompt_len)
             for variant in VARIANTS:  # warm-up: allocator, kernels, lazy imports
-                run_variant(variant, model, bundle, layers, enc, 4)
+                run_variant(variant, model, bundles, enc, 4)
             times: dict[str, list[float]] = {v: [] for v in VARIANTS}
             cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
             rss: dict[str, tuple[int, int] | None] = {}
@@ -180,7 +194,7 @@ def main() -> None:
                 for variant in VARIANTS if rep % 2 == 0 else VARIANTS[::-1]:
                     start = reset_peak_rss() if last else None
                     t0, c0 = time.perf_counter(), time.process_time()
-                    run_variant(variant, model, bundle, layers, enc, args.new_tokens)
+                    run_variant(variant, model, bundles, enc, args.new_tokens)
                     times[variant].append(time.perf_counter() - t0)
                     cpu[variant].append(time.process_time() - c0)
                     if last:

@@ -42,6 +42,10 @@ _LAZY_COMMANDS = {
         "probes/monitor/cli.py",
         "Run a probe bundle as a streaming monitor on a model's generations (probes monitor --help).",
     ),
+    "calibrate": (
+        "probes/monitor/cli.py",
+        "Set a bundle's generation-level threshold on the model's own benign generations (probes calibrate --help).",
+    ),
 }
 
 
@@ -72,7 +76,10 @@ class _LazyGroup(TyperGroup):
         if self._formatting:  # listing only: a placeholder with the help line, no import
             return click.Command(cmd_name, help=_LAZY_COMMANDS[cmd_name][1])
         try:
-            from probes.monitor.cli import register
+            import importlib
+
+            module = _LAZY_COMMANDS[cmd_name][0].removesuffix(".py").replace("/", ".")
+            register = importlib.import_module(module).register
         except ImportError as exc:
             err.print(f"[bold red]error:[/] `probes {cmd_name}` is unavailable: {exc}")
             return None

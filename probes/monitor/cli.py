@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from probes.errors import ProbesError
+from probes.errors import BundleError, ConfigError, DatasetError, ProbesError
 
 #: Exit codes of ``probes monitor`` (also listed in its --help).
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FIRED = 0, 1, 2, 3
@@ -34,7 +34,8 @@ class SmoothingChoice(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``monitor`` command to ``app``."""
+    """Add the ``monitor`` and ``calibrate`` commands to ``app``."""
+    register_calibrate(app)
 
     @app.command("monitor", help=HELP)
     def monitor_command(
@@ -104,6 +105,192 @@ def register(app: typer.Typer) -> None:
             err.print(f"[bold red]error:[/] {exc}", markup=True)
             raise typer.Exit(EXIT_ERROR) from exc
         raise typer.Exit(code)
+
+
+CALIBRATE_HELP = (
+    "Calibrate BUNDLE's monitor on the model's own benign generations: sample continuations of the benign "
+    "PROMPTS with the monitor attached, take each generation's maximum smoothed score, and store a conformal "
+    "threshold for each target interrupt rate in the bundle (kind: generation; the monitor prefers it). "
+    "Prints the interrupt rate on held-out generations with its exact 95% interval, beside the rate the "
+    "bundle's text-level threshold would give.\n\n"
+    f"Exit codes: {EXIT_OK} = ok, {EXIT_ERROR} = error, {EXIT_USAGE} = bad bundle, data or command line."
+)
+
+
+def register_calibrate(app: typer.Typer) -> None:
+    @app.command("calibrate", help=CALIBRATE_HELP)
+    def calibrate_command(
+        bundle: Annotated[Path, typer.Argument(help="Bundle folder (updated in place unless --out).")],
+        model: Annotated[str, typer.Option("--model", help="Hub id or local folder of the model.")],
+        prompts: Annotated[
+            str,
+            typer.Option(
+                "--prompts", help="Benign control dataset (folder or file) whose rows are the prompts."
+            ),
+        ],
+        where: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--where", help="Keep rows whose condition KEY equals VALUE (KEY=VALUE, repeatable)."
+            ),
+        ] = None,
+        n: Annotated[int, typer.Option("--n", min=2, help="Benign generations to sample.")] = 500,
+        target_rate: Annotated[
+            list[float] | None,
+            typer.Option("--target-rate", help="Target interrupt rate (repeatable); default 0.01."),
+        ] = None,
+        holdout: Annotated[float, typer.Option("--holdout", help="Share of prompt groups held out.")] = 0.5,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+        batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+        sample: Annotated[
+            bool, typer.Option("--sample/--greedy", help="Sample (default) or decode greedily.")
+        ] = True,
+        temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+        top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+        chat: Annotated[
+            bool | None,
+            typer.Option(
+                "--chat/--no-chat", help="Render prompts with the chat template (default: chat rows do)."
+            ),
+        ] = None,
+        smoothing: Annotated[SmoothingChoice, typer.Option("--smoothing")] = SmoothingChoice.ema,
+        alpha: Annotated[float, typer.Option("--alpha")] = 0.3,
+        window: Annotated[int, typer.Option("--window")] = 8,
+        patience: Annotated[int, typer.Option("--patience", min=1)] = 1,
+        out: Annotated[
+            Path | None, typer.Option("--out", help="Write the calibrated bundle here instead.")
+        ] = None,
+        report: Annotated[
+            Path | None,
+            typer.Option(
+                "--report", help="Folder for report.json and the histogram (default: BUNDLE.calibration)."
+            ),
+        ] = None,
+        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, mps, ...")] = "auto",
+    ) -> None:
+        from rich.console import Console
+
+        console = Console(highlight=False)
+        err = Console(stderr=True, highlight=False)
+        try:
+            _calibrate(
+                console,
+                bundle=bundle,
+                model_name=model,
+                prompts=prompts,
+                where=where or [],
+                n=n,
+                target_rates=target_rate or [0.01],
+                holdout=holdout,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                sample=sample,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                chat=chat,
+                smoothing=smoothing.value,
+                alpha=alpha,
+                window=window,
+                patience=patience,
+                out=out,
+                report=report,
+                device=device,
+            )
+        except (BundleError, DatasetError, ConfigError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(EXIT_USAGE) from exc
+        except (ProbesError, ValueError, OSError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(EXIT_ERROR) from exc
+
+
+def _calibrate(
+    console,
+    *,
+    bundle: Path,
+    model_name: str,
+    prompts: str,
+    where: list[str],
+    out: Path | None,
+    report: Path | None,
+    device: str,
+    target_rates: list[float],
+    **kwargs,
+) -> None:
+    import json
+
+    from rich.table import Table
+
+    from probes.data import load_dataset
+    from probes.models import load_model
+    from probes.monitor.calibrate import calibrate_generation
+    from probes.package import ProbeBundle
+
+    conditions: dict[str, str] = {}
+    for item in where:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--where takes KEY=VALUE, got {item!r}.")
+        conditions[key] = value
+    original = ProbeBundle.load(bundle)
+    data = load_dataset(prompts)
+    if conditions:
+        data = data.filter(lambda ex: all(ex.conditions.get(k) == v for k, v in conditions.items()))
+        if not len(data):
+            raise DatasetError(f"{prompts}: no row has conditions {conditions}.")
+    lm, tokenizer = load_model(model_name, device=device)
+    sample = kwargs.pop("sample")
+    name = f"{data.name}" + (
+        f" ({', '.join(f'{k}={v}' for k, v in conditions.items())})" if conditions else ""
+    )
+    result = calibrate_generation(
+        original,
+        lm,
+        tokenizer,
+        data,
+        target_rates=target_rates,
+        do_sample=sample,
+        prompts_name=name,
+        **kwargs,
+    )
+    calibrated = result.apply(original)
+    target = out or bundle
+    calibrated.save(target)
+    folder = report or bundle.with_name(bundle.name + ".calibration")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "report.json.tmp"
+    tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(folder / "report.json")
+    result.plot(folder / "generation_maxima.png")
+
+    table = Table(
+        title=f"Interrupt rate on {result.probes[0].n_holdout} held-out benign generations",
+        title_justify="left",
+    )
+    for col in ("probe", "target", "threshold", "held-out rate [95% CI]", "text threshold", "its rate"):
+        table.add_column(col, justify="left" if col == "probe" else "right")
+    for p in result.probes:
+        lo, hi = p.holdout_interval
+        text_rate = "" if p.text_holdout_rate is None else f"{p.text_holdout_rate:.1%}"
+        table.add_row(
+            p.probe,
+            f"{p.target_rate:.1%}",
+            f"{p.threshold:.4g}",
+            f"{p.holdout_rate:.1%} [{lo:.1%}, {hi:.1%}]",
+            "" if p.text_threshold is None else f"{p.text_threshold:.4g}",
+            text_rate,
+        )
+    console.print(table)
+    sampling = result.record["sampling"]
+    console.print(
+        f"{result.record['prompts']['n_generations']} generations of {sampling['max_new_tokens']} tokens "
+        f"({'sampled, T=' + str(sampling['temperature']) + ', top_p=' + str(sampling['top_p']) if sampling['do_sample'] else 'greedy'}, "
+        f"seed {sampling['seed']}) from {result.record['prompts']['n_prompts']} prompts of {name}."
+    )
+    console.print(f"Bundle: {target} (generation-level thresholds added)")
+    console.print(f"Report: {folder / 'report.json'}, {folder / 'generation_maxima.png'}")
 
 
 def _run(
