@@ -349,7 +349,10 @@ def _run(
         Text.assemble(
             ("monitoring ", "dim"),
             (
-                ", ".join(f"{n} (threshold {t:.3g})" for n, t in zip(names, monitor.thresholds, strict=True)),
+                ", ".join(
+                    f"{n} (threshold {t:.3g}, {kind})"
+                    for n, t, kind in zip(names, monitor.thresholds, monitor.threshold_kinds, strict=True)
+                ),
                 "bold",
             ),
             (f"  smoothing={smoothing}\n", "dim"),
