@@ -4,7 +4,8 @@ Exit codes (scripts can rely on them):
 
 - ``0`` success;
 - ``1`` the run failed (an unexpected error, a model that cannot be loaded, ...);
-- ``2`` bad input: an invalid config, a malformed or missing dataset, a bad option (also click's usage errors);
+- ``2`` bad input: an invalid config, a malformed or missing dataset, a missing, corrupted, edited or unsigned
+  probe bundle, a bad option (also click's usage errors);
 - ``3`` tracking failed and the config says ``tracking.on_error: fail`` (local results are still written).
 
 Heavy libraries (torch, transformers, mlflow) are imported inside the commands, so ``probes --help`` is
@@ -26,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from probes.errors import ConfigError, DatasetError, ProbesError, TrackingError
+from probes.errors import BundleError, ConfigError, DatasetError, ProbesError, TrackingError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -98,7 +99,7 @@ app = typer.Typer(
     cls=_LazyGroup,
     help=(
         "Train, evaluate and track probes on a language model's activations.\n\n"
-        "Exit codes: 0 ok, 1 run failed, 2 bad config/data/usage, 3 tracking failed with "
+        "Exit codes: 0 ok, 1 run failed, 2 bad config/data/bundle/usage, 3 tracking failed with "
         "tracking.on_error=fail."
     ),
     no_args_is_help=True,
@@ -143,7 +144,10 @@ ConfigArg = Annotated[
 
 
 def _fail(code: int, message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    # Escaped: messages name things like probes[sad].thresholds, which rich would read as a style tag.
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -154,7 +158,7 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except (ConfigError, DatasetError) as exc:
+    except (ConfigError, DatasetError, BundleError) as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     except TrackingError as exc:
         _fail(EXIT_TRACKING, str(exc))
@@ -325,6 +329,8 @@ def validate(
     Configs: schema, dataset files, cards, labels, splits, holdout values, probe parameters. Datasets:
     rows, labels, targets, card. Exit 0 when everything is valid, 2 otherwise.
     """
+    from rich.markup import escape
+
     from probes.pipeline import validate_config, validate_dataset
 
     failures = 0
@@ -333,11 +339,14 @@ def validate(
             lines = validate_config(path, set_ or []) if _is_config(path) else validate_dataset(path)
         except (ConfigError, DatasetError, FileNotFoundError) as exc:
             failures += 1
-            err.print(f"[bold red]✗[/] {path}\n{exc}", soft_wrap=True)
+            err.print(f"[bold red]✗[/] {escape(str(path))}\n{escape(str(exc))}", soft_wrap=True)
             continue
         except Exception as exc:  # an unreadable file should still be a clear, per-path failure
             failures += 1
-            err.print(f"[bold red]✗[/] {path}: {type(exc).__name__}: {exc}", soft_wrap=True)
+            err.print(
+                f"[bold red]✗[/] {escape(str(path))}: {type(exc).__name__}: {escape(str(exc))}",
+                soft_wrap=True,
+            )
             continue
         out.print(f"[green]✓[/] {path}", soft_wrap=True)
         for line in lines:

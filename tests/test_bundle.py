@@ -11,7 +11,7 @@ import torch
 from conftest import build_tiny_model
 
 from probes.errors import BundleError, FingerprintMismatchError
-from probes.package import ProbeBundle, Threshold, apply_calibration
+from probes.package import ProbeBundle, Threshold, apply_calibration, integrity
 from probes.train import DiffMeansProbe, LogisticProbe
 
 
@@ -72,7 +72,7 @@ def test_round_trip_gives_identical_scores_and_metadata(tmp_path: Path, model, d
 def test_manifest_is_plain_json_with_fingerprint_and_checksum(tmp_path: Path, model, data) -> None:
     _two_probe_bundle(model, data).save(tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["schema_version"] == 1 and manifest["format"] == "probes.bundle"
+    assert manifest["schema_version"] == 2 and manifest["format"] == "probes.bundle"
     assert len(manifest["tensors_sha256"]) == 64
     fp = manifest["model"]
     assert {"name", "revision", "architecture", "hidden_size", "num_layers", "weight_hash"} <= set(fp)
@@ -128,8 +128,8 @@ def _edit_manifest(folder: Path, **changes) -> None:
 def test_unknown_probe_kind_is_a_bundle_error(tmp_path: Path, model, data) -> None:
     _two_probe_bundle(model, data).save(tmp_path / "b")
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    manifest["probes"][0]["kind"] = "quantum"
-    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    manifest["probes"][0]["kind"] = "quantum"  # a kind from another probes version, properly sealed
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(integrity.seal(manifest, {}, None)))
     with pytest.raises(BundleError, match="quantum"):
         ProbeBundle.load(tmp_path / "b")
 

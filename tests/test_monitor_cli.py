@@ -13,7 +13,7 @@ from conftest import STORIES, build_tiny_model
 from test_monitor_stories import HAPPY_PROMPT, PATIENCE, SAD_PROMPT, WINDOW, stories_bundle
 from typer.testing import CliRunner
 
-from probes.monitor.cli import EXIT_ERROR, EXIT_FIRED, EXIT_OK, register
+from probes.monitor.cli import EXIT_ERROR, EXIT_FIRED, EXIT_OK, EXIT_USAGE, register
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_cli_stops_a_sad_story_and_writes_the_trace(app: typer.Typer, tmp_path: 
 def test_cli_errors_are_one_line_with_the_fix(app: typer.Typer, tmp_path: Path) -> None:
     folder, _, _ = stories_bundle()
     result = _invoke(app, _args(tmp_path / "nowhere", SAD_PROMPT))
-    assert result.exit_code == EXIT_ERROR and "ProbeBundle.save" in result.output
+    assert result.exit_code == EXIT_USAGE and "ProbeBundle.save" in result.output
 
     result = _invoke(app, _args(folder, SAD_PROMPT, "--chat"))  # stories260K has no chat template
     assert result.exit_code == EXIT_ERROR and "drop --chat" in result.output

@@ -21,9 +21,10 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FIRED = 0, 1, 2, 3
 HELP = (
     "Generate from PROMPT with the probes of BUNDLE watching every token; stop when one fires.\n\n"
     "Tokens are shaded by their smoothed score (blue below the threshold, red above) and a marker shows where "
-    f"the monitor interrupted. Exit codes: {EXIT_OK} = finished without firing, {EXIT_ERROR} = error (bad "
-    f"bundle, model mismatch, invalid settings), {EXIT_USAGE} = bad command line, {EXIT_FIRED} = the monitor "
-    "fired and stopped generation (or flagged the prompt with --score-prompt)."
+    f"the monitor interrupted. Exit codes: {EXIT_OK} = finished without firing, {EXIT_ERROR} = error (model "
+    f"mismatch, invalid settings), {EXIT_USAGE} = bad command line or a missing, corrupted, edited or unsigned "
+    f"bundle, {EXIT_FIRED} = the monitor fired and stopped generation (or flagged the prompt with "
+    "--score-prompt)."
 )
 
 
@@ -100,8 +101,15 @@ def register(app: typer.Typer) -> None:
                 check_fingerprint=not no_check_fingerprint,
                 device=device,
             )
+        except BundleError as exc:
+            # Bad input, as in every probes command: a bundle that is missing, corrupted, edited or unsigned
+            # must never look like "the monitor did not fire" (0) or an ordinary failure (1).
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(EXIT_USAGE) from exc
         except (ProbesError, ValueError, OSError) as exc:
-            # Expected failures (bad bundle, model mismatch, invalid settings): one line, no traceback.
+            # Expected failures (model mismatch, invalid settings): one line, no traceback.
             err.print(f"[bold red]error:[/] {exc}", markup=True)
             raise typer.Exit(EXIT_ERROR) from exc
         raise typer.Exit(code)

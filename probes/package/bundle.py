@@ -1,14 +1,17 @@
 """Probe bundles: trained probes packaged for deployment as safetensors + a JSON manifest.
 
-A bundle is a folder::
+A bundle is a folder (mode 0755, files 0644, so a serving account can read what a training account wrote)::
 
     my_bundle/
-        manifest.json          schema version, model fingerprint, one entry per probe, sha256 of the tensors
+        manifest.json          schema version, model fingerprint, one entry per probe, sha256 of the tensors,
+                               and the integrity record: one digest over all of it (optionally signed)
         probes.safetensors     every probe's learned tensors, namespaced ``<probe name>/<tensor name>``
 
 Loading never runs code (no pickle): probes are rebuilt from ``kind`` + JSON ``params`` + tensors with
-:func:`probes.train.base.probe_from_state`. The manifest records the sha256 of the tensors file, so a
-corrupted or tampered file is refused at load time instead of silently scoring garbage.
+:func:`probes.train.base.probe_from_state`. One digest covers the canonical manifest and the tensors, so any
+edit (a threshold, a site, the calibration, the fingerprint, a weight) or corruption is refused at load time
+with a :class:`~probes.errors.BundleError` naming what changed (:mod:`probes.package.integrity`); with a key
+configured, saves are signed and loads verified (:mod:`probes.package.signing`).
 
 The probes themselves are :class:`~probes.package.entry.BundleEntry` records; the folder's reading and
 writing lives in :mod:`probes.package.storage`.
@@ -38,6 +41,7 @@ from probes.package.entry import (
     entry_json,
     entry_tensors,
 )
+from probes.package.signing import BundleKey, signing_key_from_env, verify_key_from_env
 from probes.package.storage import MANIFEST, SCHEMA_VERSION, TENSORS, read_folder, write_folder
 from probes.train.base import Probe
 
@@ -63,6 +67,8 @@ class ProbeBundle:
     ) -> None:
         self.model_fingerprint = dict(model_fingerprint) if model_fingerprint is not None else None
         self.metadata: dict[str, Any] = dict(metadata or {})
+        #: The signature record of a loaded bundle (``{"scheme", "key_id", "value"}``), ``None`` if unsigned.
+        self.signature: dict[str, Any] | None = None
         self._entries: dict[str, BundleEntry] = {}
         for entry in entries:
             self._insert(entry)
@@ -247,24 +253,39 @@ class ProbeBundle:
             "probes": [entry_json(e) for e in self],
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the bundle folder atomically (a temp folder beside it, then a rename); returns the path."""
+    def save(self, path: str | os.PathLike[str], *, signing_key: BundleKey | None = None) -> Path:
+        """Write the bundle folder atomically (a temp folder beside it, then a rename); returns the path.
+
+        The manifest is sealed with a fresh digest (so re-saving after adding a threshold gives a valid
+        bundle) and signed with ``signing_key``, else with the key configured in the environment
+        (``$PROBES_BUNDLE_HMAC_KEY`` or ``$PROBES_BUNDLE_SIGNING_KEY``, see :mod:`probes.package.signing`).
+        """
         if len(self) == 0:
             raise ValueError("Cannot save an empty bundle: add a probe first.")
         tensors: dict[str, torch.Tensor] = {}
         for entry in self:
             tensors.update(entry_tensors(entry))
-        return write_folder(Path(path), tensors, self.manifest)
+        key = signing_key if signing_key is not None else signing_key_from_env()
+        return write_folder(Path(path), tensors, self.manifest, key)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ProbeBundle:
-        """Read a bundle folder; refuses missing, corrupted, tampered or unknown-schema files."""
+    def load(cls, path: str | os.PathLike[str], *, verify_key: BundleKey | None = None) -> ProbeBundle:
+        """Read a bundle folder; refuses missing, corrupted, edited, unsigned-when-required or unknown-schema
+        files with a :class:`BundleError` naming what is wrong.
+
+        ``verify_key`` (else the key configured in the environment: ``$PROBES_BUNDLE_PUBLIC_KEY``,
+        ``$PROBES_BUNDLE_HMAC_KEY`` or ``$PROBES_BUNDLE_SIGNING_KEY``) makes a valid signature by that key
+        mandatory; without one the digest is still checked.
+        """
         manifest_path = Path(path) / MANIFEST
-        manifest, tensors = read_folder(Path(path))
+        key = verify_key if verify_key is not None else verify_key_from_env()
+        manifest, tensors = read_folder(Path(path), key)
         try:
             entries = [entry_from_json(spec, tensors) for spec in manifest["probes"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(
                 f"{manifest_path} has an invalid probe entry ({type(exc).__name__}: {exc}); re-export the bundle."
             ) from exc
-        return cls(entries, manifest.get("model"), manifest.get("metadata") or {})
+        bundle = cls(entries, manifest.get("model"), manifest.get("metadata") or {})
+        bundle.signature = manifest["integrity"].get("signature")
+        return bundle
