@@ -20,7 +20,7 @@ from torch import nn
 
 from probes.collection.pooling import dtype_name
 from probes.data.types import Encoded
-from probes.models.sites import model_fingerprint
+from probes.models.fingerprint import model_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.data.dataset import ContrastDataset

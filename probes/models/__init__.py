@@ -1,12 +1,11 @@
 """Model loading, canonical site names and model fingerprints."""
 
+from probes.models.fingerprint import fingerprint_matches, model_fingerprint
 from probes.models.sites import (
     FINAL_NORM,
     Site,
     block_list,
     final_norm_module,
-    fingerprint_matches,
-    model_fingerprint,
     num_layers,
     parse_site,
     parse_sites,

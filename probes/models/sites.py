@@ -17,7 +17,6 @@ Architectures whose block list is not found automatically take ``layers_attr="pa
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -214,36 +213,3 @@ def residual_hook(
         yield
     finally:
         handle.remove()
-
-
-def model_fingerprint(model: nn.Module, layers_attr: str | None = None) -> dict[str, Any]:
-    """Identity of a model: name, revision, architecture, sizes and a hash of one weight matrix.
-
-    The hash is taken over the first 2-D weight of block 0 cast to bfloat16, so the same checkpoint loaded
-    in fp32, fp16 or bf16 gives the same fingerprint while a different checkpoint does not.
-    """
-    config = getattr(model, "config", None)
-    blocks = block_list(model, layers_attr)
-    weight = next((p for p in blocks[0].parameters() if p.ndim == 2), None)
-    digest = ""
-    if weight is not None:
-        data = weight.detach().to("cpu", torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes()
-        digest = hashlib.sha256(data).hexdigest()[:16]
-    source = getattr(model, "_probes_source", {}) or {}
-    return {
-        "name": source.get("name") or getattr(config, "_name_or_path", "") or type(model).__name__,
-        "revision": source.get("revision"),
-        "architecture": type(model).__name__,
-        "model_type": getattr(config, "model_type", None),
-        "hidden_size": int(
-            getattr(config, "hidden_size", 0) or (weight.shape[-1] if weight is not None else 0)
-        ),
-        "num_layers": len(blocks),
-        "weight_hash": digest,
-    }
-
-
-def fingerprint_matches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:
-    """Fields on which two fingerprints disagree (name and revision are informative and not compared)."""
-    keys = ("architecture", "hidden_size", "num_layers", "weight_hash")
-    return [k for k in keys if expected.get(k) is not None and expected.get(k) != actual.get(k)]

@@ -31,7 +31,13 @@ import torch
 from torch import nn
 
 from probes.errors import BundleError, FingerprintMismatchError
-from probes.models.sites import fingerprint_matches, model_fingerprint, parse_site
+from probes.models.fingerprint import (
+    differing_parts,
+    fingerprint_matches,
+    model_fingerprint,
+    nonfinite_parameters,
+)
+from probes.models.sites import parse_site
 from probes.package.entry import (
     NORM_KEYS,
     BundleEntry,
@@ -222,20 +228,33 @@ class ProbeBundle:
         return f"ProbeBundle(model={model!r}, probes=[{inner}])"
 
     def check_model(self, model: nn.Module, layers_attr: str | None = None) -> None:
-        """Raise :class:`FingerprintMismatchError` if ``model`` is not the model the probes were trained on."""
+        """Raise :class:`FingerprintMismatchError` if ``model`` is not the model the probes were trained on.
+
+        The message names what differs: sizes, the weight parts (``block.5``, ``embeddings``, ...) whose
+        sampled hash changed (a fine-tune), or the parameters holding NaN/inf.
+        """
         if self.model_fingerprint is None:
             return
         actual = model_fingerprint(model, layers_attr)
         diff = fingerprint_matches(self.model_fingerprint, actual)
-        if diff:
-            details = "; ".join(
-                f"{k}: bundle {self.model_fingerprint.get(k)!r} vs model {actual.get(k)!r}" for k in diff
-            )
-            raise FingerprintMismatchError(
-                f"This bundle was made on {self.model_fingerprint.get('name')!r} but the model given differs "
-                f"({details}). Load the model the bundle was trained on, or pass check_fingerprint=False "
-                "(CLI: --no-check-fingerprint) if you know the weights are compatible."
-            )
+        if not diff:
+            return
+        details = []
+        for k in diff:
+            line = f"{k}: bundle {self.model_fingerprint.get(k)!r} vs model {actual.get(k)!r}"
+            if k == "weight_hash":
+                parts = differing_parts(self.model_fingerprint, actual)
+                line += f" (weights differ in {', '.join(parts)})" if parts else ""
+            elif k == "weights_finite" and not actual.get(k):
+                line += f" (NaN/inf in {', '.join(nonfinite_parameters(model))})"
+            elif k == "fingerprint_version":
+                line += " (the bundle's fingerprint was taken by another probes version; re-export it)"
+            details.append(line)
+        raise FingerprintMismatchError(
+            f"This bundle was made on {self.model_fingerprint.get('name')!r} but the model given differs "
+            f"({'; '.join(details)}). Load the model the bundle was trained on, or pass check_fingerprint=False "
+            "(CLI: --no-check-fingerprint) if you know the weights are compatible."
+        )
 
     # --- persistence ----------------------------------------------------------------------------
     def manifest(self, tensors_sha256: str | None = None) -> dict[str, Any]:
