@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from probes.config.messages import format_errors
 from probes.config.run import RunConfig
 from probes.errors import ConfigError
+from probes.textfile import read_utf8
 
 PATHS_NOTE = "relative paths resolve against the current directory"
 
@@ -93,7 +94,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_paths:
     if not path.is_file():
         raise ConfigError(f"Config file {source!r} not found ({PATHS_NOTE}: {Path.cwd()}).")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_utf8(path, ConfigError))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if raw is None:

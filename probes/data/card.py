@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from probes.errors import DatasetError
+from probes.textfile import read_utf8
 
 # A card read from a file must document these; a card made for a bare data file only needs a name and
 # label names.
@@ -93,7 +94,7 @@ def read_front_matter(path: Path) -> dict[str, Any] | None:
     """The YAML front matter of a Markdown file, or ``None`` when it has none."""
     import yaml
 
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, DatasetError)
     if not text.startswith("---"):
         return None
     lines = text.splitlines()
@@ -125,7 +126,7 @@ def load_card(path: str | Path) -> DatasetCard:
             )
     else:
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.safe_load(read_utf8(path, DatasetError))
         except yaml.YAMLError as exc:
             raise DatasetError(f"{path}: the dataset card is not valid YAML: {exc}") from None
     return DatasetCard.from_dict(data, origin=str(path), require_docs=True)

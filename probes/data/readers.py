@@ -1,29 +1,40 @@
 """Data file readers: JSONL, CSV and Parquet rows as ``(where, row dict)``, ``where`` naming file and line.
 
 JSONL lines count from 1; CSV lines count the header as line 1 (a quoted cell may span lines, so a row's
-line is where it starts); Parquet rows are named by row index.
+line is where it starts); Parquet rows are named by row index. Text files are strict UTF-8: a byte that is
+not is a ``DatasetError`` naming the file, line and column (every such JSONL line is listed).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 from probes.data.fields import RowErrors
 from probes.errors import DatasetError
+from probes.textfile import read_utf8, utf8_problem
 
 DATA_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
 def read_jsonl(path: Path, errors: RowErrors) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for n, raw in enumerate(fh, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark
+                raw = raw[3:]
+            where = f"{path}, line {n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                _, column, message = utf8_problem(raw, exc)
+                errors.add(f"{where}, column {column}", message)
+                continue
             if not line.strip():
                 continue
-            where = f"{path}, line {n}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -41,7 +52,7 @@ def read_jsonl(path: Path, errors: RowErrors) -> list[tuple[str, dict[str, Any]]
 
 def read_csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
     rows: list[tuple[str, dict[str, Any]]] = []
-    with path.open(encoding="utf-8", newline="") as fh:
+    with io.StringIO(read_utf8(path, DatasetError), newline="") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:
             raise DatasetError(f"{path}: the CSV file is empty; line 1 must be a header of column names.")

@@ -35,6 +35,13 @@ Encoding
       special tokens included in the count). If a row's target loses all its tokens, a
       :class:`~probes.errors.DatasetError` names the row id and suggests a larger ``max_length``; a target
       that loses only some tokens keeps the surviving ones (and ``encode_dataset`` warns once with the count).
+    - **Character limit**: rows are cut to ``max_chars`` characters (left part kept) *before* tokenizing, so
+      memory is bounded by ``max_length`` and not by the longest row (a fast tokenizer computes offsets for
+      the whole string before it truncates). The default is ``CHARS_PER_TOKEN * max_length`` characters, far
+      more than ``max_length`` tokens ever spell, so a cut never changes the tokens a row keeps; a cut row
+      that then tokenizes to fewer than ``max_length`` tokens is counted in a second warning (raise
+      ``max_chars``). Chat contents are cut before the template is applied and the rendered text after, which
+      equals cutting the rendered text. ``encode_dataset`` warns once with the number of rows cut.
     - Offsets need a fast (Rust ``tokenizers``) tokenizer; a slow one raises :class:`TokenizerError`.
 """
 
@@ -42,10 +49,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from probes.data.types import Encoded, Example, Message
+from probes.data.types import Encoded, Example, Message, Target
 from probes.errors import DatasetError, TokenizerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -55,6 +62,9 @@ Span = tuple[int, int]
 UseChatTemplate = Literal["auto"] | bool
 
 PLAIN_SEPARATOR = "\n\n"
+#: Default character limit per token of ``max_length`` (``max_chars = CHARS_PER_TOKEN * max_length``). Real
+#: tokens average 3-5 characters; 64 leaves room for long runs of whitespace, code or repeated symbols.
+CHARS_PER_TOKEN = 64
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,79 @@ def render(
     return finish(text, _chat_target_spans(example, content_spans, trimmed))
 
 
+# -- the character limit ----------------------------------------------------------------------------------
+def resolve_max_chars(max_chars: int | None, max_length: int | None) -> int | None:
+    """The character limit in force: ``max_chars``, else ``CHARS_PER_TOKEN * max_length``, else none."""
+    if max_chars is not None:
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be a positive number of characters, got {max_chars}.")
+        return int(max_chars)
+    return CHARS_PER_TOKEN * max_length if max_length is not None else None
+
+
+def _clip_target(example: Example, length: int, max_chars: int) -> Target | None:
+    """The target with its span clipped to the first ``max_chars`` characters of a ``length``-char part."""
+    t = example.target
+    if t is None or t.span is None or length <= max_chars:
+        return t
+    s, e = t.span
+    if s >= max_chars:
+        raise DatasetError(
+            f"row {example.id!r}: its detection target starts at character {s}, after the first {max_chars} "
+            "characters every row is cut to before tokenizing; raise max_chars (data.max_chars) or shorten "
+            "the row."
+        )
+    return replace(t, span=(s, min(e, max_chars)))
+
+
+def cut_example(example: Example, max_chars: int) -> Example:
+    """``example`` with its text (or each message content) cut to ``max_chars`` characters, target clipped."""
+    if example.text is not None:
+        if len(example.text) <= max_chars:
+            return example
+        target = _clip_target(example, len(example.text), max_chars)
+        return replace(example, text=example.text[:max_chars], target=target)
+    messages = example.messages or ()
+    if all(len(m.content) <= max_chars for m in messages):
+        return example
+    idx = target_message_index(example)
+    target = example.target
+    if idx is not None:
+        target = _clip_target(example, len(messages[idx].content), max_chars)
+    cut = tuple(Message(m.role, m.content[:max_chars]) for m in messages)
+    return replace(example, messages=cut, target=target)
+
+
+def _cut_rendered(r: Rendered, max_chars: int, example: Example) -> Rendered:
+    if len(r.text) <= max_chars:
+        return r
+    spans = [(s, min(e, max_chars)) for s, e in r.target_spans if s < max_chars]
+    if not spans:
+        raise DatasetError(
+            f"row {example.id!r}: its detection target lies after the first {max_chars} characters every row "
+            "is cut to before tokenizing; raise max_chars (data.max_chars) or shorten the row."
+        )
+    return Rendered(r.text[:max_chars], spans, r.add_special_tokens)
+
+
+def _render_cut(
+    example: Example,
+    tokenizer: Any,
+    max_chars: int | None,
+    chat_template: str | None,
+    use_chat_template: UseChatTemplate,
+) -> tuple[Rendered, bool]:
+    """Render a row within the character limit; returns the rendering and whether the row was cut."""
+    if max_chars is None:
+        return render(
+            example, tokenizer, chat_template=chat_template, use_chat_template=use_chat_template
+        ), False
+    cut = cut_example(example, max_chars)
+    r = render(cut, tokenizer, chat_template=chat_template, use_chat_template=use_chat_template)
+    final = _cut_rendered(r, max_chars, example)
+    return final, cut is not example or final is not r
+
+
 # -- encoding ----------------------------------------------------------------------------------------------
 def _check_fast(tokenizer: Any) -> None:
     if not getattr(tokenizer, "is_fast", False):
@@ -328,12 +411,14 @@ def _encode_rendered(
     examples: Sequence[Example],
     tokenizer: Any,
     max_length: int | None,
-) -> tuple[list[Encoded], int]:
-    """Tokenize rendered rows in one batch per ``add_special_tokens`` value; returns encodings and the
-    number of rows whose target was partly truncated."""
+    was_cut: Sequence[bool] | None = None,
+) -> tuple[list[Encoded], int, int]:
+    """Tokenize rendered rows in one batch per ``add_special_tokens`` value; returns the encodings, the
+    number of rows whose target was partly truncated, and the number of character-cut rows that came out
+    shorter than ``max_length`` tokens (the cut, not the token limit, ended them)."""
     special_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
     out: list[Encoded | None] = [None] * len(rendered)
-    partly = 0
+    partly = short = 0
     for flag in (True, False):
         idx = [i for i, r in enumerate(rendered) if r.add_special_tokens is flag]
         if not idx:
@@ -379,8 +464,10 @@ def _encode_rendered(
                 )
                 if covered < last_char and r.text[covered:last_char].strip():
                     partly += 1
+            if was_cut is not None and was_cut[i] and (max_length is None or len(ids) < max_length):
+                short += 1
             out[i] = Encoded(input_ids=tuple(ids), target_mask=tuple(mask))
-    return [e for e in out if e is not None], partly
+    return [e for e in out if e is not None], partly, short
 
 
 def encode(
@@ -388,13 +475,15 @@ def encode(
     tokenizer: Any,
     *,
     max_length: int | None = None,
+    max_chars: int | None = None,
     chat_template: str | None = None,
     use_chat_template: UseChatTemplate = "auto",
 ) -> Encoded:
     """Tokenize one row and mark the tokens of its detection target (see the module docstring)."""
     _check_fast(tokenizer)
-    r = render(example, tokenizer, chat_template=chat_template, use_chat_template=use_chat_template)
-    encoded, _ = _encode_rendered([r], [example], tokenizer, max_length)
+    limit = resolve_max_chars(max_chars, max_length)
+    r, cut = _render_cut(example, tokenizer, limit, chat_template, use_chat_template)
+    encoded, _, _ = _encode_rendered([r], [example], tokenizer, max_length, [cut])
     return encoded[0]
 
 
@@ -403,16 +492,22 @@ def encode_dataset(
     tokenizer: Any,
     *,
     max_length: int | None = None,
+    max_chars: int | None = None,
     chat_template: str | None = None,
     use_chat_template: UseChatTemplate = "auto",
     progress: bool = False,
     batch_size: int = 1024,
 ) -> list[Encoded]:
-    """Encode every row (same rules as :func:`encode`), tokenizing in batches of ``batch_size`` rows."""
+    """Encode every row (same rules as :func:`encode`), tokenizing in batches of ``batch_size`` rows.
+
+    Rows longer than ``max_chars`` characters (default ``CHARS_PER_TOKEN * max_length``) are cut before
+    tokenizing, with one warning counting them.
+    """
     _check_fast(tokenizer)
+    limit = resolve_max_chars(max_chars, max_length)
     examples = list(dataset)
     out: list[Encoded] = []
-    partly = 0
+    partly = n_cut = n_short = 0
     starts = range(0, len(examples), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -420,13 +515,25 @@ def encode_dataset(
         starts = tqdm(starts, desc="tokenizing", unit="batch")
     for start in starts:
         chunk = examples[start : start + batch_size]
-        rendered = [
-            render(ex, tokenizer, chat_template=chat_template, use_chat_template=use_chat_template)
-            for ex in chunk
-        ]
-        encoded, n = _encode_rendered(rendered, chunk, tokenizer, max_length)
+        pairs = [_render_cut(ex, tokenizer, limit, chat_template, use_chat_template) for ex in chunk]
+        rendered, cut = [r for r, _ in pairs], [c for _, c in pairs]
+        encoded, n, short = _encode_rendered(rendered, chunk, tokenizer, max_length, cut)
         out.extend(encoded)
         partly += n
+        n_cut += sum(cut)
+        n_short += short
+    if n_cut:
+        warnings.warn(
+            f"{n_cut} row(s) longer than max_chars={limit} characters were cut to their first {limit} "
+            "characters before tokenizing (memory stays bounded by max_length)"
+            + (
+                f"; {n_short} of them then had fewer than max_length={max_length} tokens, so the cut dropped "
+                "text the model would have read: raise max_chars."
+                if n_short
+                else "; every cut row still filled max_length tokens."
+            ),
+            stacklevel=2,
+        )
     if partly:
         warnings.warn(
             f"{partly} row(s) had their detection target cut by max_length={max_length}; only the surviving "
