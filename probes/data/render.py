@@ -26,7 +26,12 @@ Encoding
     - Special tokens are added when tokenizing (BOS/CLS/SEP) unless the rendered string already begins with
       the BOS token text (a template that writes its own BOS), so BOS is never doubled.
     - A token is in the target mask when its character offsets overlap a target span, it is not a special
-      token and its offsets are not empty. Leading whitespace inside a token (SentencePiece ``"▁word"``,
+      token and its offsets are not empty. *Special* means: added by the tokenizer (``special_tokens_mask``:
+      BOS/CLS/SEP), or one of the tokenizer's control tokens (``all_special_ids``: BOS, EOS, CLS, SEP, PAD,
+      MASK, added special tokens such as ``<|im_start|>``) even where its text appears inside the content.
+      The unknown-character token (``[UNK]``, ``<unk>``) is **not** special here: it stands for content the
+      vocabulary cannot spell (an emoji under a WordPiece vocabulary) and is read like any other token,
+      unless it is also a control token (GPT-2's ``<|endoftext|>`` is its unk, BOS and EOS at once). Leading whitespace inside a token (SentencePiece ``"▁word"``,
       byte-level ``"Ġword"``) does not count: a token joins a span by the characters it actually spells, so a
       span ending in a space does not pull in the next word, and a span starting at a word covers the
       ``"▁word"`` token. A token that straddles content and template markup (possible only where the markup
@@ -380,6 +385,26 @@ def _check_fast(tokenizer: Any) -> None:
         )
 
 
+def excluded_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The token ids a detection mask never includes: the tokenizer's special/control tokens, except the
+    unknown-character token when it is nothing else (see the module docstring)."""
+    ids = {int(i) for i in tokenizer.all_special_ids}
+    unk_id, unk = getattr(tokenizer, "unk_token_id", None), getattr(tokenizer, "unk_token", None)
+    if unk_id is None:
+        return frozenset(ids)
+    # A padding token that shares the unk id (a common Llama setup) never appears inside an encoding, so it
+    # does not make the unk a control token; BOS/EOS/CLS/SEP/MASK or another added special token does.
+    control = {getattr(tokenizer, f"{role}_token_id", None) for role in ("bos", "eos", "cls", "sep", "mask")}
+    control |= {
+        tokenizer.convert_tokens_to_ids(t)
+        for t in tokenizer.all_special_tokens
+        if t != unk and t != getattr(tokenizer, "pad_token", None)
+    }
+    if int(unk_id) not in control:
+        ids.discard(int(unk_id))
+    return frozenset(ids)
+
+
 def _mask(
     text: str,
     offsets: Sequence[tuple[int, int]],
@@ -416,7 +441,7 @@ def _encode_rendered(
     """Tokenize rendered rows in one batch per ``add_special_tokens`` value; returns the encodings, the
     number of rows whose target was partly truncated, and the number of character-cut rows that came out
     shorter than ``max_length`` tokens (the cut, not the token limit, ended them)."""
-    special_ids = frozenset(int(i) for i in tokenizer.all_special_ids)
+    special_ids = excluded_token_ids(tokenizer)
     out: list[Encoded | None] = [None] * len(rendered)
     partly = short = 0
     for flag in (True, False):

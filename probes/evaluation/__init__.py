@@ -9,6 +9,8 @@
   with token counts (:func:`length_features`: tokens before the target, target tokens, total), which
   exposes a probe that reads position or length.
 - :func:`layer_sweep` (choose the site on validation only) and :func:`generalization_matrix`.
+- :func:`threshold_transfer` -> :class:`ThresholdTransfer`: with several benign control sets, the FPR a
+  threshold set on one gives on another (``evaluate(..., control={"a": ..., "b": ...})`` computes it).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from probes.evaluation.thresholds import (
     conformal_threshold,
     operating_point,
 )
+from probes.evaluation.transfer import ThresholdTransfer, threshold_transfer
 
 __all__ = [
     "BaselineResult",
@@ -57,6 +60,7 @@ __all__ = [
     "OperatingPoint",
     "PlattCalibrator",
     "SweepResult",
+    "ThresholdTransfer",
     "accuracy",
     "auprc",
     "auroc",
@@ -77,5 +81,6 @@ __all__ = [
     "operating_point",
     "reliability_curve",
     "text_baseline",
+    "threshold_transfer",
     "with_ci",
 ]

@@ -28,18 +28,41 @@ def _as_arrays(y: Any, p: Any) -> tuple[np.ndarray, np.ndarray]:
     return y_arr, p_arr
 
 
-def _equal_mass_bins(p: np.ndarray, n_bins: int) -> list[np.ndarray]:
-    """Row indices of ``n_bins`` bins of (nearly) equal size, in order of increasing probability."""
+def _equal_mass_bins(p: np.ndarray, n_bins: int, y: np.ndarray | None = None) -> list[np.ndarray]:
+    """Row indices of up to ``n_bins`` bins of (nearly) equal size, in order of increasing probability.
+
+    Tied probabilities always share a bin (isotonic calibration outputs a few distinct values, each held by
+    many rows): a boundary that would split a tie moves to the nearer end of the tied block. Rows are
+    ordered by ``(p, y)``, so every bin's contents, and any metric of them, do not depend on row order.
+    """
     if n_bins < 1:
         raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
-    order = np.argsort(p, kind="mergesort")
-    return [b for b in np.array_split(order, min(n_bins, max(p.size, 1))) if b.size]
+    if p.size == 0:
+        return []
+    order = np.lexsort((y, p)) if y is not None else np.argsort(p, kind="mergesort")
+    sorted_p = p[order]
+    k = min(n_bins, p.size)
+    cuts = []
+    sizes = np.full(k, p.size // k)
+    sizes[: p.size % k] += 1  # the bin sizes of np.array_split
+    for b in np.cumsum(sizes)[:-1]:
+        lo = int(np.searchsorted(sorted_p, sorted_p[b], side="left"))
+        hi = int(np.searchsorted(sorted_p, sorted_p[b], side="right"))
+        cuts.append(
+            lo if b - lo < hi - b else hi
+        )  # ties go to the nearer edge of their block (upper on a draw)
+    edges = sorted({0, p.size, *cuts})
+    return [order[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
 
 
 def reliability_curve(y: Any, p: Any, n_bins: int = 10) -> dict[str, list[float] | list[int]]:
-    """Equal-mass reliability curve: per bin the mean predicted probability, observed frequency and count."""
+    """Equal-mass reliability curve: per bin the mean predicted probability, observed frequency and count.
+
+    Tied probabilities share a bin, so a bin may hold more than ``n / n_bins`` rows and there may be fewer
+    than ``n_bins`` bins (one per distinct value at most).
+    """
     y_arr, p_arr = _as_arrays(y, p)
-    bins = _equal_mass_bins(p_arr, n_bins)
+    bins = _equal_mass_bins(p_arr, n_bins, y_arr)
     return {
         "mean_predicted": [float(p_arr[b].mean()) for b in bins],
         "observed_frequency": [float(y_arr[b].mean()) for b in bins],
@@ -53,13 +76,14 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
     """ECE with equal-mass bins: ``sum_b (n_b / n) |mean p_b - mean y_b|``.
 
     Equal-mass bins (rather than equal-width) keep every bin populated when probabilities pile up near
-    0 and 1, as they do for confident probes. Even perfectly calibrated probabilities give ECE of order
-    ``sqrt(n_bins / n)`` from sampling noise.
+    0 and 1, as they do for confident probes. Tied probabilities fall in one bin, so the value depends on the
+    multiset of ``(y, p)`` pairs only, never on row order. Even perfectly calibrated probabilities give ECE
+    of order ``sqrt(n_bins / n)`` from sampling noise.
     """
     y_arr, p_arr = _as_arrays(y, p)
     if y_arr.size == 0:
         return float("nan")
-    bins = _equal_mass_bins(p_arr, n_bins)
+    bins = _equal_mass_bins(p_arr, n_bins, y_arr)
     return float(sum(b.size * abs(p_arr[b].mean() - y_arr[b].mean()) for b in bins) / y_arr.size)
 
 

@@ -18,10 +18,14 @@ from probes.evaluation.calibration import (
 from probes.evaluation.metrics import accuracy, auprc, auroc, group_codes, with_ci
 from probes.evaluation.report import EvalReport
 from probes.evaluation.thresholds import operating_point
+from probes.evaluation.transfer import threshold_transfer
 
 if TYPE_CHECKING:
     from probes.collection.activations import Activations
     from probes.train.base import Probe
+
+#: Below this many groups a grouped bootstrap has too few distinct resamples for its interval to mean much.
+MIN_GROUPS = 10
 
 # What `test=`, `control=` and `calibration=` accept.
 DataLike = Any  # Activations | (X, y) | (X, y, groups) | X (control only)
@@ -114,6 +118,17 @@ def grouped_holdout_split(
     return np.flatnonzero(~is_held), np.flatnonzero(is_held)
 
 
+def _control_sets(control: DataLike | Mapping[str, DataLike] | None) -> dict[str, DataLike]:
+    """``control`` as ``{name: data}``: one unnamed set is ``{"control": data}``, ``None`` is ``{}``."""
+    if control is None:
+        return {}
+    if isinstance(control, Mapping):
+        if not control:
+            raise ValueError("control= is an empty mapping; pass None for no control set.")
+        return {str(k): v for k, v in control.items()}
+    return {"control": control}
+
+
 def probe_kind(probe: Any) -> str:
     return str(getattr(probe, "kind", type(probe).__name__))
 
@@ -133,7 +148,7 @@ def _baseline_value(value: Any) -> tuple[float | None, tuple[float, float] | Non
 def evaluate(
     probe: Probe,
     test: DataLike,
-    control: DataLike | None = None,
+    control: DataLike | Mapping[str, DataLike] | None = None,
     *,
     layer: str | int | None = None,
     target_fpr: float | Sequence[float] = 0.01,
@@ -156,7 +171,11 @@ def evaluate(
     - ``control``: benign traffic (``Activations``, ``X``, ``(X, y)``). It is split (seeded, by group) into a
       calibration part, where the threshold for each ``target_fpr`` is the conformal rank
       (:func:`conformal_threshold`), and a held-out part (``control_holdout`` of it) where the empirical FPR
-      is measured with a Clopper-Pearson interval. Without a control set the test negatives are used the
+      is measured with a Clopper-Pearson interval. Several named sets (``{"chat": acts_a, "code": acts_b}``)
+      are each split the same way; the threshold is set on their calibration parts pooled, and
+      ``report.threshold_transfer`` holds, per target FPR, the matrix of FPRs a threshold set on one set
+      gives on another's held-out rows (:mod:`probes.evaluation.transfer`), with a warning for every cell
+      whose interval lies above the target. Without a control set the test negatives are used the
       same way, and the report warns that the FPR is then not measured on deployment-like traffic.
     - ``calibration``: labelled data held out from train *and* test on which ``calibrate`` ("platt" or
       "isotonic") is fitted; ECE/Brier are reported on test before and after calibration.
@@ -191,29 +210,46 @@ def evaluate(
         warnings.append(
             f"only {min(n_pos, n_neg)} test rows in the smaller class: every metric here is very noisy."
         )
+    if groups is not None and n_groups < MIN_GROUPS:
+        warnings.append(
+            f"the test set has only {n_groups} groups: the bootstrap resamples groups, and with fewer than "
+            f"{MIN_GROUPS} its confidence intervals are not meaningful. Add groups (more sources) or report "
+            "each group's result separately."
+        )
 
     # --- thresholds on benign control traffic -----------------------------------------------------
-    if control is not None:
-        ctrl = as_split(control, site if test_split.site else layer, "control", labels_required=False)
-        control_scores = probe.decision_function(ctrl.X).astype(np.float64)
+    controls = _control_sets(control)
+    per_set: list[tuple[np.ndarray, np.ndarray]] = []  # (calibration, held-out) scores of each control set
+    for cname, cdata in controls.items():
+        what = "control" if len(controls) == 1 else f"control set {cname!r}"
+        ctrl = as_split(cdata, site if test_split.site else layer, what, labels_required=False)
+        cscores = probe.decision_function(ctrl.X).astype(np.float64)
         if ctrl.y is not None and int(ctrl.y.sum()) > 0:
             warnings.append(
-                f"the control set has {int(ctrl.y.sum())} rows labelled positive; control traffic should "
+                f"the {what} has {int(ctrl.y.sum())} rows labelled positive; control traffic should "
                 "be benign — all rows were used as benign."
             )
-        cal_idx, hold_idx = grouped_holdout_split(len(control_scores), ctrl.groups, control_holdout, seed)
+        c_idx, h_idx = grouped_holdout_split(len(cscores), ctrl.groups, control_holdout, seed)
+        per_set.append((cscores[c_idx], cscores[h_idx]))
+    if controls:
+        # Several sets: the threshold is set on all calibration parts pooled (what deployment's mixture
+        # sees); the transfer matrix below shows whether a threshold set on one set holds on another.
+        cal_scores = np.concatenate([c for c, _ in per_set])
+        hold_scores = np.concatenate([h for _, h in per_set])
+        n_control = int(cal_scores.size + hold_scores.size)
         source = "control"
     else:
         control_scores = scores[y == 0]
         neg_groups = [groups[i] for i in np.flatnonzero(y == 0)] if groups is not None else None
         cal_idx, hold_idx = grouped_holdout_split(len(control_scores), neg_groups, control_holdout, seed)
+        cal_scores, hold_scores = control_scores[cal_idx], control_scores[hold_idx]
+        n_control = 0
         source = "test_negatives"
         warnings.append(
             "no control set given: thresholds were set on (part of) the test negatives, not on benign "
             "deployment-like traffic, so the reported FPR says nothing about false alarms in deployment."
         )
-    cal_scores, hold_scores = control_scores[cal_idx], control_scores[hold_idx]
-    if hold_idx.size == 0:
+    if hold_scores.size == 0:
         warnings.append("control_holdout=0: the empirical FPR could not be checked on held-out control rows.")
     ops = [
         operating_point(cal_scores, hold_scores, scores[y == 1], t, confidence=confidence, source=source)
@@ -221,12 +257,21 @@ def evaluate(
     ]
     for op in ops:
         warnings.extend(op.notes)
-        if op.finite and hold_idx.size and op.empirical_fpr_ci[1] > 2 * op.target_fpr:
+        if op.finite and hold_scores.size and op.empirical_fpr_ci[1] > 2 * op.target_fpr:
             warnings.append(
                 f"the held-out control ({op.n_control_holdout} rows) is too small to confirm FPR <= "
                 f"{op.target_fpr:g}: its {int(100 * confidence)}% upper bound is {op.empirical_fpr_ci[1]:.3g}."
             )
     primary = ops[0]
+    transfers = []
+    if len(controls) > 1:
+        names = list(controls)
+        for t in targets:
+            transfer = threshold_transfer(
+                [c for c, _ in per_set], [h for _, h in per_set], names, t, confidence=confidence
+            )
+            transfers.append(transfer)
+            warnings.extend(transfer.warnings)
 
     # --- calibration ------------------------------------------------------------------------------
     ece_raw = expected_calibration_error(y, proba_raw, n_bins)
@@ -290,7 +335,9 @@ def evaluate(
         empirical_fpr_ci=primary.empirical_fpr_ci,
         operating_points=ops,
         threshold_source=source,
-        n_control=int(control_scores.size) if control is not None else 0,
+        n_control=n_control,
+        control_sets=list(controls) or None,
+        threshold_transfer=transfers,
         ece=ece,
         brier=brier,
         reliability=reliability_curve(y, proba, n_bins),

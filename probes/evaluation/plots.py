@@ -223,3 +223,42 @@ def generalization_heatmap(
     ax.set(xlabel="evaluated on", ylabel="trained on", title=title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="AUROC")
     return _save(fig, path)
+
+
+def threshold_transfer_heatmap(transfer: Any, path: str | Path, *, title: str | None = None) -> Path:
+    """Rows: the set a threshold was set on (and ``pooled``); columns: the set whose held-out FPR it gives.
+
+    Colour is the FPR as a multiple of the target on a log scale centred at 1 (green at or under the target,
+    red above); each cell shows the FPR, its exact interval and the false-positive count. Cells whose whole
+    interval lies above the target are outlined.
+    """
+    from matplotlib.colors import LogNorm
+    from matplotlib.patches import Rectangle
+
+    target = float(transfer.target_fpr)
+    m = np.asarray(transfer.fpr, dtype=np.float64)
+    ratio = np.clip(np.where(np.isfinite(m), m, np.nan) / target, 1 / 8, 8)
+    ratio = np.where(ratio > 0, ratio, 1 / 8)
+    rows, cols = list(transfer.sources), list(transfer.sets)
+    fig = _figure(figsize=(max(4.5, 1.9 * len(cols) + 2.5), max(3.2, 0.9 * len(rows) + 1.8)))
+    ax = fig.subplots()
+    im = ax.imshow(ratio, norm=LogNorm(vmin=1 / 8, vmax=8), cmap="RdYlGn_r", aspect="auto")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            lo, hi = transfer.fpr_ci[i][j]
+            text = (
+                "-" if not np.isfinite(m[i, j]) else f"{100 * m[i, j]:.1f}%\n[{100 * lo:.1f}, {100 * hi:.1f}]"
+            )
+            text += f"\n{transfer.n_false_positives[i][j]}/{transfer.n_holdout[j]}"
+            ax.text(j, i, text, ha="center", va="center", color="black", fontsize=8)
+            if lo > target:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+    ax.set_xticks(range(len(cols)), [f"{c}\n(n={n})" for c, n in zip(cols, transfer.n_holdout, strict=True)])
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set(
+        xlabel="FPR measured on (held-out rows)",
+        ylabel="threshold set on",
+        title=title or f"Threshold transfer · target FPR {100 * target:g}%",
+    )
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="FPR / target")
+    return _save(fig, path)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.evaluation.thresholds import OperatingPoint, _from_json_float, _json_float
+from probes.evaluation.transfer import ThresholdTransfer
 
 SCHEMA_VERSION = 1
 
@@ -112,6 +113,10 @@ class EvalReport:
     confidence: float = 0.95
     seed: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Names of the control sets (several: the threshold is set on them pooled) and, with two or more, one
+    # threshold-transfer matrix per target FPR (probes.evaluation.transfer).
+    control_sets: list[str] | None = None
+    threshold_transfer: list[ThresholdTransfer] = field(default_factory=list)
     # Raw scores (test scores and labels, control calibration / held-out scores) so plots and new metrics
     # can be recomputed from the JSON alone; None when evaluate(..., keep_scores=False).
     scores: dict[str, list[float]] | None = None
@@ -145,8 +150,8 @@ class EvalReport:
                 value = _json_float(value)
             elif f.name in _PAIR_FIELDS:
                 value = None if value is None else [_json_float(v) for v in value]
-            elif f.name == "operating_points":
-                value = [op.to_dict() for op in value]
+            elif f.name in ("operating_points", "threshold_transfer"):
+                value = [item.to_dict() for item in value]
             elif f.name == "scores":
                 value = value if include_scores else None
             out[f.name] = value
@@ -166,6 +171,8 @@ class EvalReport:
                 value = None if value is None else tuple(_from_json_float(v) for v in value)
             elif key == "operating_points":
                 value = [OperatingPoint.from_dict(op) for op in value]
+            elif key == "threshold_transfer":
+                value = [ThresholdTransfer.from_dict(t) for t in value]
             kwargs[key] = value
         return cls(**kwargs)
 
@@ -213,6 +220,9 @@ class EvalReport:
             "text_baseline_span_auroc": self.text_baseline_span_auroc,
             "length_baseline_auroc": self.length_baseline_auroc,
         }
+        for transfer in self.threshold_transfer:
+            _, _, worst = transfer.worst
+            row[f"transfer_fpr_max_at_{transfer.target_fpr:g}"] = worst
         for op in self.operating_points:
             tag = f"{op.target_fpr:g}"
             row[f"recall_at_fpr_{tag}"] = op.recall
@@ -239,7 +249,9 @@ class EvalReport:
         title = f"{self.name or 'probe'} · {self.probe_kind} · {self.layer or '-'}"
         caption = (
             f"n_test={self.n_test} ({self.n_pos} pos / {self.n_neg} neg, {self.n_groups} groups) · "
-            f"control={self.n_control} · threshold from {self.threshold_source} · "
+            f"control={self.n_control}"
+            + (f" ({' + '.join(self.control_sets)}, pooled)" if len(self.control_sets or []) > 1 else "")
+            + f" · threshold from {self.threshold_source} · "
             f"{int(100 * self.confidence)}% CIs"
         )
         table = Table(title=title, caption=caption, show_header=True, header_style="bold")
@@ -283,13 +295,12 @@ class EvalReport:
                 _fmt(self.length_baseline_auroc),
                 _fmt_ci(self.length_baseline_auroc_ci),
             )
-        if not self.warnings:
-            return table
         from rich.console import Group
         from rich.text import Text
 
+        transfers = [self.threshold_transfer[0]] if self.threshold_transfer else []
         notes = [Text(f"warning: {w}", style="yellow") for w in self.warnings]
-        return Group(table, *notes)
+        return Group(table, *transfers, *notes) if transfers or notes else table
 
     def __str__(self) -> str:
         from io import StringIO
@@ -347,4 +358,11 @@ class EvalReport:
                 title=f"Reliability · {label}" + (f" ({self.calibrate})" if self.calibrate else ""),
             )
         )
+        for transfer in self.threshold_transfer:
+            written.append(
+                transfer.plot(
+                    out / f"{stem}_threshold_transfer_{transfer.target_fpr:g}.png",
+                    title=f"Threshold transfer · {label} · target FPR {100 * transfer.target_fpr:g}%",
+                )
+            )
         return written
