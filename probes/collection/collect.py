@@ -120,6 +120,7 @@ def collect(
     *,
     batch_size: int = 16,
     max_length: int = 512,
+    max_chars: int | None = None,
     cache_dir: str | Path | None = None,
     chat_template: str | None = None,
     progress: bool = True,
@@ -141,6 +142,8 @@ def collect(
             (``"tokens"``, a :class:`RaggedTokens` per site).
         batch_size: rows per forward pass (rows are length-sorted first).
         max_length: rows are truncated to this many tokens (the data layer's policy: the start is kept).
+        max_chars: rows are cut to this many characters before tokenizing (default 64 x max_length), so a
+            huge row costs memory in proportion to max_length (see :mod:`probes.data.render`).
         cache_dir: folder of the disk cache; ``None`` keeps everything in memory.
         chat_template: a Jinja chat template overriding the tokenizer's, for chat rows.
         progress: show a progress bar.
@@ -167,7 +170,9 @@ def collect(
     site_names = [s.name for s in sites]
     out_dtype = storage_dtype(dtype)
 
-    encoded = encode_dataset(dataset, tokenizer, max_length=max_length, chat_template=chat_template)
+    encoded = encode_dataset(
+        dataset, tokenizer, max_length=max_length, max_chars=max_chars, chat_template=chat_template
+    )
     ids = list(dataset.ids)
     counts = validate_rows(encoded, pooling, ids)
     for i, row in enumerate(encoded):

@@ -118,9 +118,13 @@ class DataConfig(Strict):
     eval: dict[str, DatasetSpec] = Field(
         default_factory=dict, description="Extra test sets, by name, scored with the chosen probe."
     )
-    control: DatasetSpec | None = Field(
+    control: list[DatasetSpec] | DatasetSpec | None = Field(
         None,
-        description="Benign single-class set: false-positive rates and the threshold are calibrated on it.",
+        union_mode="left_to_right",
+        description="Benign single-class set: false-positive rates and the threshold are calibrated on it. "
+        "A list ([a, b]) gives several control sets: the threshold is set on them pooled and the report shows "
+        "the FPR a threshold set on each gives on the others (threshold transfer). A set made of several "
+        "files is {path: [x, y]}.",
     )
     target: Literal["dataset", "all"] = Field(
         "dataset", description="'dataset': read each row's detection target; 'all': read every token."
@@ -133,12 +137,48 @@ class DataConfig(Strict):
     max_length: int = Field(
         512, gt=0, description="Token limit per row (longer rows are truncated at the end)."
     )
+    max_chars: int | None = Field(
+        None,
+        gt=0,
+        description="Character limit per row, applied before tokenizing so memory is bounded by max_length "
+        "and not by the longest row (default 64 x max_length; rows cut are counted in a warning).",
+    )
     splits: SplitConfig = Field(default_factory=SplitConfig)
 
+    @field_validator("control")
+    @classmethod
+    def _one_or_several(
+        cls, value: list[DatasetSpec] | DatasetSpec | None
+    ) -> list[DatasetSpec] | DatasetSpec | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of control sets; leave control out for none")
+            if len(value) == 1:
+                return value[0]
+        return value
+
+    @property
+    def control_specs(self) -> dict[str, DatasetSpec]:
+        """The control sets by name (a spec's name; repeated names get ``-2``, ``-3``): ``{}`` without one."""
+        if self.control is None:
+            return {}
+        specs = self.control if isinstance(self.control, list) else [self.control]
+        out: dict[str, DatasetSpec] = {}
+        for spec in specs:
+            name, k = spec.name, 2
+            while name in out:
+                name, k = f"{spec.name}-{k}", k + 1
+            out[name] = spec
+        return out
+
     def all_specs(self) -> dict[str, DatasetSpec]:
-        """Every dataset in the config: ``train``, ``control`` and ``eval.<name>``."""
+        """Every dataset in the config: ``train``, ``control`` (``control.<name>`` for several) and
+        ``eval.<name>``."""
         specs = {"train": self.train}
-        if self.control is not None:
-            specs["control"] = self.control
+        controls = self.control_specs
+        if len(controls) == 1:
+            specs["control"] = next(iter(controls.values()))
+        else:
+            specs.update({f"control.{k}": v for k, v in controls.items()})
         specs.update({f"eval.{k}": v for k, v in self.eval.items()})
         return specs

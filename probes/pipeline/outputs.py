@@ -165,7 +165,11 @@ def _datasets_info(prep: _Prepared) -> dict[str, dict[str, Any]]:
     data = prep.config.data
     out = {"train": _dataset_info(prep.train_ds, data.train)}
     if prep.control_ds is not None:
-        out["control"] = _dataset_info(prep.control_ds, data.control)
+        controls = data.control_specs
+        out["control"] = _dataset_info(prep.control_ds, data.control if len(controls) == 1 else None)
+        if len(controls) > 1:
+            out["control"]["paths"] = [p for spec in controls.values() for p in spec.paths]
+            out["control"]["sets"] = {k: list(v.paths) for k, v in controls.items()}
     for name, ds in prep.eval_ds.items():
         out[f"eval.{name}"] = _dataset_info(ds, data.eval[name])
     return out
@@ -224,6 +228,7 @@ def _token_html(prep: _Prepared, probe: Any, site: str, path: Path, threshold: f
         rows,
         prep.tokenizer,
         max_length=prep.config.data.max_length,
+        max_chars=prep.config.data.max_chars,
         chat_template=prep.config.data.chat_template,
     )
     feats = prep.acts["test"][site]

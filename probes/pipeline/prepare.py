@@ -115,6 +115,44 @@ def _where(ds: ContrastDataset, where: dict[str, list[str]], what: str) -> Contr
     return ds
 
 
+#: Condition tag naming the control set of each row when ``data.control`` lists several.
+CONTROL_SET = "control_set"
+
+
+def _join_controls(controls: dict[str, ContrastDataset]) -> ContrastDataset:
+    """One control dataset; with several sets, their rows tagged ``control_set=<name>`` (ids and groups
+    prefixed with the name, so equal ids of two files stay distinct and groups never span two sets)."""
+    from probes.data import ContrastDataset
+
+    if len(controls) == 1:
+        return next(iter(controls.values()))
+    examples = [
+        dataclasses.replace(
+            ex,
+            id=f"{name}/{ex.id}",
+            group=None if ex.group is None else f"{name}/{ex.group}",
+            conditions={**ex.conditions, CONTROL_SET: name},
+        )
+        for name, ds in controls.items()
+        for ex in ds
+    ]
+    first = next(iter(controls.values()))
+    card = first.card.model_copy(update={"name": " + ".join(controls)})
+    return ContrastDataset(examples, card, source=" + ".join(ds.source for ds in controls.values()))
+
+
+def control_for_evaluate(prep: _Prepared) -> Activations | dict[str, Activations] | None:
+    """What ``evaluate(control=...)`` gets: the control activations, or ``{set name: activations}`` when
+    ``data.control`` lists several sets (for the pooled threshold and the threshold-transfer matrix)."""
+    import numpy as np
+
+    acts = prep.acts.get("control")
+    if acts is None or prep.control_ds is None or len(prep.config.data.control_specs) < 2:
+        return acts
+    tags = np.asarray(prep.control_ds.conditions(CONTROL_SET), dtype=object)
+    return {name: acts.subset(np.flatnonzero(tags == name)) for name in prep.config.data.control_specs}
+
+
 def split_train(ds: ContrastDataset, config: RunConfig) -> dict[str, ContrastDataset]:
     """Train/val/test of the training dataset: the rows' own split column, or grouped seeded fractions."""
     s = config.data.splits
@@ -166,11 +204,18 @@ def _load_all_datasets(
 ) -> tuple[ContrastDataset, ContrastDataset | None, dict[str, ContrastDataset]]:
     target = config.data.target
     train = load_spec(config.data.train, seed=config.seed, target=target, what="data.train")
-    control = None
-    if config.data.control is not None:
-        control = load_spec(
-            config.data.control, seed=config.seed, target=target, what="data.control", control=True
+    specs = config.data.control_specs
+    controls = {
+        name: load_spec(
+            spec,
+            seed=config.seed,
+            target=target,
+            what="data.control" if len(specs) == 1 else f"data.control.{name}",
+            control=True,
         )
+        for name, spec in specs.items()
+    }
+    control = _join_controls(controls) if controls else None
     evals = {
         name: load_spec(spec, seed=config.seed, target=target, what=f"data.eval.{name}")
         for name, spec in config.data.eval.items()
@@ -215,6 +260,7 @@ def _collect(
         config.pooling,
         batch_size=config.batch_size,
         max_length=config.data.max_length,
+        max_chars=config.data.max_chars,
         cache_dir=config.cache_dir,
         chat_template=config.data.chat_template,
         progress=True,

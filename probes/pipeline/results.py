@@ -128,6 +128,7 @@ class RunResult:
                 "length_baseline_auroc": t.length_baseline_auroc,
             },
             "evals": {k: _eval_summary(v) for k, v in self.evals.items()},
+            "threshold_transfer": [tt.to_dict() for tt in t.threshold_transfer],
             "bundle": str(self.bundle_dir) if self.bundle_dir else None,
             "tracking": self.tracking.to_dict() if self.tracking else None,
             "warnings": self.warnings,
@@ -188,6 +189,8 @@ class RunResult:
         if any(not isinstance(r, dict) and r.threshold_source != "control" for _, r in rows):
             results.caption += "\n* no control set: threshold and FPR from test negatives"
         parts: list[Any] = [sweep, results]
+        if self.test.threshold_transfer:  # several control sets: does a threshold set on one hold on another?
+            parts.append(self.test.threshold_transfer[0])
         if self.generalization is not None:
             parts.append(self.generalization)
         if self.warnings:

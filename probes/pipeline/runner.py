@@ -25,7 +25,7 @@ from probes.pipeline.outputs import (
     _token_html,
     _write_json,
 )
-from probes.pipeline.prepare import _prepare, _Prepared, _rows_of, _two_class
+from probes.pipeline.prepare import _prepare, _Prepared, _rows_of, _two_class, control_for_evaluate
 from probes.pipeline.results import LogReporter, Reporter, RunResult, _fmt, _timed
 from probes.pipeline.sweep import _site_index, _sweep
 
@@ -77,7 +77,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         test_report = evaluate(
             probe,
             prep.acts["test"],
-            prep.acts.get("control"),
+            control_for_evaluate(prep),
             text_baseline=_baseline_results(baselines),
             name=prep.train_ds.name,
             **common,
@@ -94,7 +94,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             evals[name] = evaluate(
                 probe,
                 acts,
-                prep.acts.get("control"),
+                control_for_evaluate(prep),
                 text_baseline=_baseline_results(eb),
                 name=name,
                 **common,
@@ -256,6 +256,7 @@ class _LengthBaseline:
                 ds,
                 self._prep.tokenizer,
                 max_length=config.data.max_length,
+                max_chars=config.data.max_chars,
                 chat_template=config.data.chat_template,
             )
         return length_features(encoded)

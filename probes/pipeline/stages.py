@@ -6,6 +6,7 @@ behind ``probes validate``. ``collect_stage`` and ``train_stage`` reuse the run'
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from probes.pipeline.outputs import (
     _write_json,
 )
 from probes.pipeline.prepare import (
+    CONTROL_SET,
     _collect,
     _load_all_datasets,
     _load_model,
@@ -228,6 +230,9 @@ def validate_config(path: str | Path, overrides: Sequence[str] = ()) -> list[str
     )
     if control is not None:
         lines.append("control " + _describe(control))
+        if len(config.data.control_specs) > 1:
+            sets = Counter(control.conditions(CONTROL_SET))
+            lines.append("        control sets: " + ", ".join(f"{k} {v}" for k, v in sets.items()))
         if int(control.labels.sum()) > 0:
             lines.append(
                 f"        note: {int(control.labels.sum())} control rows are labelled positive; a control set should be benign"
