@@ -456,7 +456,8 @@ def pull(
 ) -> None:
     """Download a tracked run's probe bundle into a folder.
 
-    The bundle (safetensors + JSON) is checked against its recorded sha256 before this returns.
+    The bundle (safetensors + JSON) is checked against its digest (and signature, with a key configured)
+    before this returns.
     """
     with _errors():
         from probes.track import pull as pull_bundle
