@@ -57,3 +57,8 @@ class MonitorError(ProbesError, RuntimeError):
     passed, when a probe's site produced no activations, when the decoding mode reorders rows (beam search,
     assisted decoding), or - at the end of a generation - when a score was NaN or infinite.
     """
+
+
+class CalibrationWarning(UserWarning):
+    """A threshold could not be calibrated as asked (e.g. too few benign calibration scores for the target
+    false-alarm rate, so the threshold is ``+inf`` and nothing is ever flagged)."""

@@ -63,6 +63,40 @@ def conformal_threshold(control_scores: Any, target_fpr: float) -> float:
     return float(scores[k - 1])
 
 
+def too_few_calibration_note(target_fpr: float, n: int) -> str | None:
+    """The warning given when ``n`` calibration scores are too few for ``target_fpr`` (else ``None``).
+
+    One wording for every threshold the library sets (supervised probes' control thresholds and anomaly
+    detectors' conformal p-values), so a reader recognises the same problem wherever it shows up.
+    """
+    n_needed = conformal_n_needed(target_fpr)
+    if n >= n_needed:
+        return None
+    return (
+        f"target FPR {target_fpr:g} needs at least {n_needed} calibration control scores "
+        f"(n >= 1/alpha - 1); got {n}: the threshold is +inf and the probe never flags."
+    )
+
+
+def conformal_p_values(calibration_scores: Any, scores: Any) -> np.ndarray:
+    """Conformal p-values of ``scores`` against benign calibration scores (higher score = more anomalous).
+
+    ``p(s) = (1 + #{i : c_i >= s}) / (n + 1)`` for ``n`` calibration scores ``c_i``. If a new benign score
+    is exchangeable with the ``n`` calibration scores, ``P(p(s) <= alpha) <= alpha`` for every ``alpha``
+    (the rank argument of :func:`conformal_threshold`), and the two agree exactly: ``p(s) <= alpha`` if and
+    only if ``s > conformal_threshold(calibration_scores, alpha)``. The smallest p-value is ``1 / (n + 1)``,
+    so fewer than ``1/alpha - 1`` scores can never reach ``alpha`` (:func:`too_few_calibration_note`).
+    """
+    cal = np.sort(np.asarray(calibration_scores, dtype=np.float64).ravel())
+    s = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(cal).all():
+        raise ValueError("calibration scores contain nan or inf; check the detector's inputs.")
+    if np.isnan(s).any():
+        raise ValueError("scores contain nan; check the detector's inputs.")
+    at_or_above = cal.size - np.searchsorted(cal, s, side="left")
+    return (1.0 + at_or_above) / (cal.size + 1.0)
+
+
 def conformal_fpr_bound(n: int, target_fpr: float, confidence: float = 0.95) -> float:
     """With probability ``confidence`` over the calibration draw, the conformal threshold's FPR is at most this.
 
@@ -171,11 +205,9 @@ def operating_point(
     n_tp = int(np.sum(pos > threshold))
     notes: list[str] = []
     n_needed = conformal_n_needed(target_fpr)
-    if not math.isfinite(threshold):
-        notes.append(
-            f"target FPR {target_fpr:g} needs at least {n_needed} calibration control scores "
-            f"(n >= 1/alpha - 1); got {cal.size}: the threshold is +inf and the probe never flags."
-        )
+    note = too_few_calibration_note(target_fpr, cal.size)
+    if note is not None:
+        notes.append(note)
     return OperatingPoint(
         target_fpr=float(target_fpr),
         threshold=threshold,

@@ -66,11 +66,12 @@ class Probe(ABC):
         return (self.decision_function(X) > 0).astype(np.int64)
 
     # --- persistence (safetensors + JSON) -----------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Hyperparameters: every ``__init__`` argument, read back from the attribute of the same name.
 
         As in scikit-learn, ``__init__`` stores each argument unchanged under its own name, so the signature
-        is the one list of hyperparameters (no hand-kept copy to drift).
+        is the one list of hyperparameters (no hand-kept copy to drift). ``deep`` is accepted for
+        scikit-learn's ``clone`` / ``GridSearchCV``; probes hold no sub-estimators, so it changes nothing.
         """
         names = [
             name
@@ -78,6 +79,19 @@ class Probe(ABC):
             if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
         ]
         return {name: getattr(self, name) for name in names}
+
+    def set_params(self: P, **params: Any) -> P:
+        """Set hyperparameters by name (scikit-learn's ``set_params``); an unknown name is an error."""
+        valid = self.get_params()
+        unknown = [k for k in params if k not in valid]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no parameter {', '.join(map(repr, unknown))}; "
+                f"valid parameters: {', '.join(valid)}."
+            )
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
 
     @abstractmethod
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -93,6 +107,14 @@ class Probe(ABC):
 
         Linear probes return it so a monitor can fuse every probe of a layer into one matmul; nonlinear
         probes return ``None`` and are scored with :meth:`score_torch`.
+        """
+        return None
+
+    def flops_per_row(self) -> int | None:
+        """Floating-point operations to score one row (one token, for a monitor), or ``None`` if unknown.
+
+        The probe's own cost: the activations come with the monitored model's forward pass. Cascades
+        report it as stage 1's compute per decision.
         """
         return None
 
