@@ -63,14 +63,27 @@ def resolve_site(acts: Activations, layer: str | int | None, what: str) -> str:
     return key
 
 
-def as_split(data: DataLike, layer: str | int | None, what: str, *, labels_required: bool = True) -> Split:
-    """Normalise an ``Activations``, ``(X, y)``, ``(X, y, groups)`` or (control only) bare ``X``."""
+def as_split(
+    data: DataLike, layer: str | int | Sequence[str] | None, what: str, *, labels_required: bool = True
+) -> Split:
+    """Normalise an ``Activations``, ``(X, y)``, ``(X, y, groups)`` or (control only) bare ``X``.
+
+    ``layer`` may be a list of sites (a multi-layer probe): an ``Activations`` then gives the
+    ``(n, n_sites, d)`` stack of those sites, in that order, and ``site`` names them joined by ``+``.
+    """
     if _is_activations(data):
-        site = resolve_site(data, layer, what)
         groups = list(data.groups) if data.groups is not None else None
         if groups is not None and all(g is None for g in groups):
             groups = None
-        return Split(data.features[site], np.asarray(data.labels, dtype=np.int64), groups, site)
+        labels = np.asarray(data.labels, dtype=np.int64)
+        if isinstance(layer, list | tuple):
+            import torch
+
+            sites = [resolve_site(data, one, what) for one in layer]
+            stacked = torch.stack([data.features[s] for s in sites], dim=1)
+            return Split(stacked, labels, groups, "+".join(sites))
+        site = resolve_site(data, layer, what)
+        return Split(data.features[site], labels, groups, site)
     if isinstance(data, tuple) and len(data) in (2, 3):
         X, y = data[0], data[1]
         groups = list(data[2]) if len(data) == 3 and data[2] is not None else None
@@ -150,7 +163,7 @@ def evaluate(
     test: DataLike,
     control: DataLike | Mapping[str, DataLike] | None = None,
     *,
-    layer: str | int | None = None,
+    layer: str | int | Sequence[str] | None = None,
     target_fpr: float | Sequence[float] = 0.01,
     calibration: DataLike | None = None,
     calibrate: str | None = None,
@@ -188,8 +201,19 @@ def evaluate(
         raise ValueError("target_fpr must be a float or a non-empty sequence of floats.")
     warnings: list[str] = []
 
+    if layer is None and getattr(probe, "multi_site", False):
+        layer = list(probe.sites_)  # type: ignore[attr-defined]
     test_split = as_split(test, layer, "test")
+    if getattr(probe, "multi_site", False) and test_split.site is not None:
+        read = test_split.site.split("+")
+        if read != list(probe.sites_):  # type: ignore[attr-defined]
+            raise ValueError(
+                f"{type(probe).__name__} reads sites {list(probe.sites_)} (in that order) but layer= gave "  # type: ignore[attr-defined]
+                f"{read}; leave layer= out to use the probe's own sites."
+            )
     site = test_split.site or (str(layer) if layer is not None else None)
+    # Where control and calibration data are read: the test set's site, or every site of a multi-layer probe.
+    where = layer if isinstance(layer, list | tuple) else (site if test_split.site else layer)
     y = np.asarray(test_split.y)  # as_split(labels_required=True) guarantees labels
     n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
     if n_pos == 0 or n_neg == 0:
@@ -222,7 +246,7 @@ def evaluate(
     per_set: list[tuple[np.ndarray, np.ndarray]] = []  # (calibration, held-out) scores of each control set
     for cname, cdata in controls.items():
         what = "control" if len(controls) == 1 else f"control set {cname!r}"
-        ctrl = as_split(cdata, site if test_split.site else layer, what, labels_required=False)
+        ctrl = as_split(cdata, where, what, labels_required=False)
         cscores = probe.decision_function(ctrl.X).astype(np.float64)
         if ctrl.y is not None and int(ctrl.y.sum()) > 0:
             warnings.append(
@@ -284,7 +308,7 @@ def evaluate(
                 f"calibrate={calibrate!r} needs calibration=(X, y) (or an Activations): a labelled split held "
                 "out from both train and test. Calibrating on the test set would report optimistic numbers."
             )
-        cal_split = as_split(calibration, site if test_split.site else layer, "calibration")
+        cal_split = as_split(calibration, where, "calibration")
         calibrator = make_calibrator(calibrate).fit(probe.decision_function(cal_split.X), cal_split.y)
         proba = calibrator.transform(scores)
         calibrator_state = calibrator.to_dict()

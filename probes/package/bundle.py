@@ -86,7 +86,7 @@ class ProbeBundle:
         probe: Probe,
         *,
         model: nn.Module | Mapping[str, Any] | None,
-        layer: int | str,
+        layer: int | str | None = None,
         threshold: Any = None,
         name: str = "probe",
         label_names: Sequence[str] | None = None,
@@ -129,8 +129,8 @@ class ProbeBundle:
         self,
         probe: Probe,
         *,
-        layer: int | str,
         name: str,
+        layer: int | str | None = None,
         threshold: Any = None,
         label_names: Sequence[str] | None = None,
         pooling: str | None = None,
@@ -139,19 +139,20 @@ class ProbeBundle:
         normalization: Mapping[str, torch.Tensor] | None = None,
         **meta: Any,
     ) -> ProbeBundle:
-        """Add another fitted probe (any layer, any state); returns ``self``."""
+        """Add another fitted probe (any layer, any state); returns ``self``.
+
+        ``layer`` is the site the probe reads; a multi-layer probe (``StackedProbe``, ``ConcatProbe``) reads
+        the sites it was fitted on, so ``layer`` is left out (the entry's ``site`` is the deepest of them).
+        """
         if not isinstance(probe, Probe):
             raise TypeError(f"Expected a fitted probes Probe, got {type(probe).__name__}.")
         probe._check_fitted()
-        n_layers = (self.model_fingerprint or {}).get("num_layers")
-        if n_layers:
-            site = parse_site(layer, int(n_layers)).name
+        if getattr(probe, "multi_site", False):
+            site = self._multi_site(probe, layer, normalization)
+        elif layer is None:
+            raise ValueError(f"Probe {name!r}: pass layer= (the site it reads, e.g. layer=6 or 'layers.6').")
         else:
-            # Without a model we cannot resolve negative indices: insist on a canonical, absolute site.
-            site = f"layers.{layer}" if isinstance(layer, int) else str(layer)
-            if isinstance(layer, int) and layer < 0:
-                raise ValueError("A negative layer needs model= (to know the layer count); pass layers.N.")
-            parse_site(site, 10**6)
+            site = self._site(layer)
         if threshold is None:
             thresholds: tuple[Threshold, ...] = ()
         elif isinstance(threshold, (list, tuple)):
@@ -181,6 +182,38 @@ class ProbeBundle:
             raise ValueError("label_names must be (negative, positive).")
         self._insert(entry)
         return self
+
+    def _site(self, layer: int | str) -> str:
+        n_layers = (self.model_fingerprint or {}).get("num_layers")
+        if n_layers:
+            return parse_site(layer, int(n_layers)).name
+        # Without a model we cannot resolve negative indices: insist on a canonical, absolute site.
+        site = f"layers.{layer}" if isinstance(layer, int) else str(layer)
+        if isinstance(layer, int) and layer < 0:
+            raise ValueError("A negative layer needs model= (to know the layer count); pass layers.N.")
+        parse_site(site, 10**6)
+        return site
+
+    def _multi_site(self, probe: Probe, layer: int | str | None, normalization: Any) -> str:
+        """The deepest of a multi-layer probe's sites, each checked to be canonical for this model."""
+        sites = list(probe.sites_)  # type: ignore[attr-defined]
+        if layer is not None:
+            raise ValueError(
+                f"{type(probe).__name__} reads the sites it was fitted on ({', '.join(sites)}); leave out layer=."
+            )
+        if normalization is not None:
+            raise ValueError(
+                f"{type(probe).__name__} standardises each site itself; leave out normalization=."
+            )
+        n_layers = int((self.model_fingerprint or {}).get("num_layers") or 10**6)
+        resolved = [parse_site(s, n_layers) for s in sites]
+        odd = [s for s, r in zip(sites, resolved, strict=True) if r.name != s]
+        if odd:
+            raise ValueError(
+                f"{type(probe).__name__} was fitted on non-canonical site names {odd}; refit it with canonical "
+                "names (layers.N with N >= 0, or final_norm) so the bundle means the same on any model."
+            )
+        return max(resolved, key=lambda r: r.index).name
 
     def _insert(self, entry: BundleEntry) -> None:
         if not _NAME_RE.match(entry.name):

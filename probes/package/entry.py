@@ -129,6 +129,26 @@ class BundleEntry:
     def layer(self) -> int | None:
         return int(self.site.split(".")[1]) if self.site.startswith("layers.") else None
 
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Every site the probe reads: ``(site,)``, or a multi-layer probe's ``sites_`` (``site`` is then
+        the deepest of them, the one a forward pass must reach)."""
+        sites = getattr(self.probe, "sites_", None)
+        return tuple(sites) if getattr(self.probe, "multi_site", False) and sites else (self.site,)
+
+    def score_forms(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """``{site: (w, b)}`` with ``score = sum_s x_s @ w + b`` over :attr:`sites` (raw activation space,
+        normalisation folded in), or ``None`` when the probe is not linear in its sites.
+
+        The seam for streaming: a monitor adds each site's ``(w, b)`` as one column of that site's fused
+        matmul and sums a probe's columns over its sites; a single-site linear probe is ``{site:
+        score_form()}``.
+        """
+        if getattr(self.probe, "multi_site", False):
+            return dict(self.probe.linear_forms())  # type: ignore[attr-defined]
+        form = self.score_form()
+        return None if form is None else {self.site: form}
+
     def threshold_for(self, target_fpr: float | None = None) -> Threshold | None:
         """The threshold calibrated for ``target_fpr`` (the first one stored when ``None``)."""
         if target_fpr is None:
@@ -177,7 +197,9 @@ class BundleEntry:
         return w, b.reshape(())
 
     def score(self, X: torch.Tensor) -> torch.Tensor:
-        """Per-row decision scores of ``(n, d)`` activations (normalisation applied), on ``X``'s device."""
+        """Per-row decision scores of ``(n, d)`` activations (normalisation applied), on ``X``'s device.
+
+        A multi-layer probe takes ``{site: (n, d)}`` or an ``(n, n_sites, d)`` stack instead."""
         if self.normalization is not None:
             mean = self.normalization["mean"].to(X.device, X.dtype)
             scale = self.normalization["scale"].to(X.device, X.dtype)

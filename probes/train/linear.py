@@ -51,6 +51,10 @@ class LinearProbe(Probe):
         self._check_fitted()
         return self.coef_.clone(), self.intercept_.reshape(()).clone()
 
+    def flops_per_row(self) -> int:
+        self._check_fitted()
+        return 2 * int(self.n_features_in_)  # a dot product and the bias
+
     def _weights_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # Cache per device so a monitor scoring on the GPU copies the weights once, not per call.
         cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = self.__dict__.setdefault("_device_cache", {})

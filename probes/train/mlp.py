@@ -135,6 +135,11 @@ class MLPProbe(Probe):
         h = torch.relu(torch.addmm(b1, X.to(torch.float32), W1.T))
         return h @ w2 + b2
 
+    def flops_per_row(self) -> int:
+        self._check_fitted()
+        hidden = int(self.hidden_weight_.shape[0])
+        return 2 * int(self.n_features_in_) * hidden + 3 * hidden
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         self._check_fitted()
         return {k: getattr(self, f"{k}_").detach().cpu().contiguous() for k in _STATE}
