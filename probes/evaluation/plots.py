@@ -261,4 +261,166 @@ def threshold_transfer_heatmap(transfer: Any, path: str | Path, *, title: str | 
         title=title or f"Threshold transfer · target FPR {100 * target:g}%",
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="FPR / target")
+
+
+def anomaly_score_histograms(
+    sets: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    threshold: float | None = None,
+    title: str = "Anomaly scores",
+) -> Path:
+    """Density histograms of anomaly scores per set (benign, shifted benign, novel) with the threshold.
+
+    Anomaly scores are non-negative and heavy-tailed (a novel set can sit orders of magnitude above benign
+    rows), so the axis is logarithmic when every score is positive.
+    """
+    arrays = {k: np.asarray(v, dtype=np.float64) for k, v in sets.items() if len(v)}
+    everything = np.concatenate(list(arrays.values())) if arrays else np.zeros(1)
+    log = bool(everything.size) and float(everything.min()) > 0
+    if log:
+        bins = np.logspace(np.log10(everything.min()), np.log10(everything.max() * 1.0001), 50)
+    else:
+        bins = np.histogram_bin_edges(everything, bins=50)
+    fig = _figure(figsize=(8, 4.5))
+    ax = fig.subplots()
+    for i, (label, values) in enumerate(arrays.items()):
+        color = _COLORS["control"] if label.startswith("benign calibration") else f"C{i}"
+        ax.hist(
+            values,
+            bins=bins,
+            density=True,
+            histtype="stepfilled" if i < 2 else "step",
+            alpha=0.4 if i < 2 else 0.9,
+            lw=1.5,
+            color=color,
+            label=f"{label} (n={values.size})",
+        )
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="black", ls="--", lw=1.2, label="calibrated threshold")
+    if log:
+        ax.set_xscale("log")
+    ax.set(xlabel="anomaly score (higher = less like benign)", ylabel="density", title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def novel_roc_plot(
+    benign_scores: Sequence[float],
+    novel_scores: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    threshold: float | None = None,
+    title: str = "Novel vs benign",
+) -> Path:
+    """ROC of every novel set against the benign rows on a log false-alarm axis, each marked where the
+    calibrated threshold lands."""
+    from sklearn.metrics import roc_curve
+
+    from probes.evaluation.metrics import auroc
+
+    b = np.asarray(benign_scores, dtype=np.float64)
+    floor = 1.0 / max(b.size, 1)
+    fig = _figure(figsize=(6.5, 4.8))
+    ax = fig.subplots()
+    for i, (name, values) in enumerate(novel_scores.items()):
+        s = np.asarray(values, dtype=np.float64)
+        y = np.r_[np.zeros(b.size), np.ones(s.size)]
+        scores = np.r_[b, s]
+        fpr, tpr, _ = roc_curve(y, scores)
+        ax.plot(
+            np.maximum(fpr, floor / 2),
+            tpr,
+            color=f"C{i}",
+            lw=1.5,
+            label=f"{name} (AUROC {auroc(y, scores):.3f})",
+        )
+        if threshold is not None and math.isfinite(threshold):
+            x, r = float((b > threshold).mean()), float((s > threshold).mean())
+            ax.plot([max(x, floor / 2)], [r], marker="o", ms=7, color=f"C{i}", ls="none")
+    diag = np.logspace(np.log10(floor / 2), 0, 50)
+    ax.plot(diag, diag, ls=":", color="grey", lw=1, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(floor / 2, 1.0)
+    ax.set_ylim(0.0, 1.01)
+    ax.set(
+        xlabel="false-alarm rate on benign (log; dots: calibrated threshold)",
+        ylabel="detection rate",
+        title=title,
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def false_alarm_plot(
+    rates: Sequence[tuple[str, float, tuple[float, float], int]],
+    path: str | Path,
+    *,
+    target_fpr: float,
+    title: str = "False alarms",
+) -> Path:
+    """False-alarm rate of each benign set ``(name, rate, (lo, hi), n)`` with its exact interval against the
+    target: a shifted set whose interval sits above the line breaks the calibration."""
+    fig = _figure(figsize=(max(5.0, 1.4 * len(rates) + 2.5), 4))
+    ax = fig.subplots()
+    x = np.arange(len(rates))
+    for i, (_, rate, (lo, hi), _) in enumerate(rates):
+        color = "#d62728" if lo > target_fpr else "#1f77b4"
+        ax.errorbar([i], [rate], yerr=[[rate - lo], [hi - rate]], fmt="o", color=color, capsize=5, ms=7)
+    ax.axhline(target_fpr, color="black", ls="--", lw=1, label=f"target {100 * target_fpr:g}%")
+    ax.set_xticks(x, [f"{name}\n(n={n})" for name, _, _, n in rates], fontsize=8)
+    ax.set(ylabel="false-alarm rate (95% exact CI)", title=title)
+    ax.set_ylim(0.0, max(0.05, min(1.0, 1.15 * max(hi for _, _, (_, hi), _ in rates))))
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def cascade_plot(curve: Any, path: str | Path) -> Path:
+    """Left: recall at the target FPR (exact CI band) versus the share of rows escalated to stage 2, with
+    stage 1 and stage 2 alone as references. Right (when the stages' costs are known): the same recall
+    versus expected compute per decision, on a log axis."""
+    points = sorted(curve.points, key=lambda p: p.test_escalation)
+    x = np.array([p.test_escalation for p in points])
+    r = np.array([p.recall for p in points])
+    lo = np.array([p.recall_ci[0] for p in points])
+    hi = np.array([p.recall_ci[1] for p in points])
+    cost = np.array([np.nan if p.seconds_per_decision is None else p.seconds_per_decision for p in points])
+    flops = np.array([np.nan if p.flops_per_decision is None else p.flops_per_decision for p in points])
+    second = cost if np.isfinite(cost).all() and cost.size else flops
+    unit = "seconds" if second is cost else "FLOPs"
+    panels = 2 if second.size and np.isfinite(second).all() and (second > 0).all() else 1
+    fig = _figure(figsize=(6 * panels, 4.5))
+    axes = fig.subplots(1, panels)
+    axes = [axes] if panels == 1 else list(axes)
+    stage1 = curve.stage1_alone
+    s2 = curve.stage2_alone
+    target = f"{100 * curve.target_fpr:g}%"
+    for i, ax in enumerate(axes):
+        xs = x if i == 0 else second
+        ax.fill_between(xs, lo, hi, color="#1f77b4", alpha=0.2, label="95% exact CI")
+        ax.plot(xs, r, marker="o", color="#1f77b4", label="cascade")
+        if stage1 is not None:
+            ax.axhline(
+                stage1.recall,
+                color="#7f7f7f",
+                ls=":",
+                lw=1.2,
+                label=f"stage 1 alone ({100 * stage1.recall:.1f}%)",
+            )
+        ax.axhline(
+            s2["recall"], color="#d62728", ls="--", lw=1.2, label=f"stage 2 alone ({100 * s2['recall']:.1f}%)"
+        )
+        ax.set_ylim(0.0, 1.01)
+        ax.grid(alpha=0.3)
+        ax.set_ylabel(f"recall at FPR {target} (threshold from {curve.threshold_source})")
+        if i == 0:
+            ax.set(xlabel="share of rows escalated to stage 2 (test)", title="Cascade: recall vs escalation")
+            ax.set_xlim(-0.02, 1.02)
+            ax.legend(fontsize=8, loc="lower right")
+        else:
+            ax.set_xscale("log")
+            ax.set(xlabel=f"expected compute per decision ({unit}, log)", title="Cascade: recall vs compute")
     return _save(fig, path)
