@@ -5,7 +5,8 @@ The pipeline is the package layout::
     probes.data        contrast datasets: rows, cards, validation, splits, chat rendering
     probes.models      load_model, canonical site names (layers.N), model fingerprints
     probes.collection  exact, early-stopping activation collection with a resumable disk cache
-    probes.train       probes with the scikit-learn contract (linear, mass-mean, MLP, token, attention)
+    probes.train       probes with the scikit-learn contract (linear, mass-mean, MLP, token, attention,
+                       multi-layer), anomaly detectors, cascades and LM judges
     probes.evaluation  AUROC with CIs, recall at a control-set FPR, calibration, baselines, plots
     probes.package     probe bundles (safetensors + JSON, model fingerprint)
     probes.monitor     streaming monitors that score every generated token and stop generation
@@ -41,6 +42,13 @@ _EXPORTS: dict[str, str] = {
     "MLPProbe": "probes.train",
     "TokenProbe": "probes.train",
     "AttentionProbe": "probes.train",
+    "StackedProbe": "probes.train",
+    "ConcatProbe": "probes.train",
+    "MahalanobisDetector": "probes.train",
+    "PCAResidualDetector": "probes.train",
+    "KNNDetector": "probes.train",
+    "Cascade": "probes.train",
+    "LMJudge": "probes.train",
     "save_probe": "probes.train",
     "load_probe": "probes.train",
     # evaluate
@@ -50,6 +58,8 @@ _EXPORTS: dict[str, str] = {
     "generalization_matrix": "probes.evaluation",
     "text_baseline": "probes.evaluation",
     "length_baseline": "probes.evaluation",
+    "evaluate_detector": "probes.evaluation",
+    "cascade_curve": "probes.evaluation",
     # package / monitor
     "ProbeBundle": "probes.package",
     "Monitor": "probes.monitor",
@@ -83,7 +93,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from probes.data import ContrastDataset, Example, Message, Target, load_dataset
     from probes.evaluation import (
         EvalReport,
+        cascade_curve,
         evaluate,
+        evaluate_detector,
         generalization_matrix,
         layer_sweep,
         length_baseline,
@@ -95,9 +107,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from probes.pipeline import RunResult, run
     from probes.train import (
         AttentionProbe,
+        Cascade,
+        ConcatProbe,
         DiffMeansProbe,
+        KNNDetector,
+        LMJudge,
         LogisticProbe,
+        MahalanobisDetector,
         MLPProbe,
+        PCAResidualDetector,
+        StackedProbe,
         TokenProbe,
         load_probe,
         save_probe,

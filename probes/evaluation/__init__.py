@@ -11,6 +11,11 @@
 - :func:`layer_sweep` (choose the site on validation only) and :func:`generalization_matrix`.
 - :func:`threshold_transfer` -> :class:`ThresholdTransfer`: with several benign control sets, the FPR a
   threshold set on one gives on another (``evaluate(..., control={"a": ..., "b": ...})`` computes it).
+- :func:`evaluate_detector` -> :class:`DetectorReport`: anomaly detectors on novel sets they never saw
+  (AUROC against benign, detection rate at the calibrated threshold) and false alarms on benign sets from
+  other sources (distribution shift, reported with exact intervals).
+- :func:`cascade_curve` -> :class:`CascadeCurve`: recall at a fixed FPR of a probe -> judge cascade versus the
+  share of rows escalated, with each stage's compute per decision (:class:`StageCost`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from probes.evaluation.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
+from probes.evaluation.cascade import CascadeCurve, CascadePoint, StageCost, cascade_curve, measure_seconds
 from probes.evaluation.core import evaluate
+from probes.evaluation.detector import DetectorReport, FlagRate, NovelResult, evaluate_detector
 from probes.evaluation.metrics import (
     accuracy,
     auprc,
@@ -46,15 +53,23 @@ from probes.evaluation.thresholds import (
     OperatingPoint,
     conformal_fpr_bound,
     conformal_n_needed,
+    conformal_p_values,
     conformal_threshold,
     operating_point,
+    too_few_calibration_note,
 )
 from probes.evaluation.transfer import ThresholdTransfer, threshold_transfer
 
 __all__ = [
     "BaselineResult",
     "Calibrator",
+    "CascadeCurve",
+    "CascadePoint",
+    "DetectorReport",
     "EvalReport",
+    "FlagRate",
+    "NovelResult",
+    "StageCost",
     "GeneralizationResult",
     "IsotonicCalibrator",
     "OperatingPoint",
@@ -67,20 +82,25 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_indices",
     "brier_score",
+    "cascade_curve",
     "clopper_pearson",
     "confound_check",
     "conformal_fpr_bound",
     "conformal_n_needed",
+    "conformal_p_values",
     "conformal_threshold",
     "evaluate",
+    "evaluate_detector",
     "expected_calibration_error",
     "generalization_matrix",
     "layer_sweep",
     "length_baseline",
     "length_features",
+    "measure_seconds",
     "operating_point",
     "reliability_curve",
     "text_baseline",
     "threshold_transfer",
+    "too_few_calibration_note",
     "with_ci",
 ]

@@ -7,29 +7,53 @@
 ``MLPProbe``           one hidden layer, early stopping on a validation split, seeded
 ``TokenProbe``         per-token linear scorer + ``mean``/``max``/``last``/``ema``/``rolling`` aggregation
 ``AttentionProbe``     learned softmax attention over a sequence's tokens, per-token scores
+``StackedProbe``       logistic probes on several sites combined by a logistic over their scores
+``ConcatProbe``        one logistic over several sites concatenated (both linear in every site)
+``MahalanobisDetector`` anomaly detector fitted on benign rows: shrunk-covariance Mahalanobis distance
+``PCAResidualDetector`` anomaly detector: energy outside the top-k principal subspace of benign rows
+``KNNDetector``        anomaly detector: distance to the k-th nearest benign row (sklearn or faiss)
+``Cascade``            escalation band + threshold of a probe -> judge cascade, chosen on validation
+``LMJudge``            a chat LM asked a yes/no question, scored by log P("yes")
 ``save_probe``         one ``.safetensors`` file (tensors + JSON metadata); ``load_probe`` reads it back
 =====================  ==============================================================================
 
-Sign convention: label 1 is the state the probe detects; a higher score means more of it.
+Sign convention: label 1 is the state the probe detects; a higher score means more of it. For anomaly
+detectors (no labels): a higher score means less like the benign rows they were fitted on.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from probes.train.anomaly import AnomalyDetector, KNNDetector, MahalanobisDetector, PCAResidualDetector
 from probes.train.base import Probe, probe_from_state, register_probe
+from probes.train.cascade import Cascade, CascadeDecision
 from probes.train.io import load_probe, save_probe
+from probes.train.judge import LMJudge
 from probes.train.linear import DiffMeansProbe, LogisticProbe, fit_logistic_many
 from probes.train.mlp import MLPProbe
+from probes.train.multilayer import ConcatProbe, MultiSiteProbe, StackedProbe
 from probes.train.token import AttentionProbe, TokenProbe
 
 __all__ = [
+    "DETECTOR_KINDS",
+    "MULTI_SITE_KINDS",
+    "AnomalyDetector",
     "AttentionProbe",
+    "Cascade",
+    "CascadeDecision",
+    "ConcatProbe",
     "DiffMeansProbe",
+    "KNNDetector",
+    "LMJudge",
     "LogisticProbe",
     "MLPProbe",
+    "MahalanobisDetector",
+    "MultiSiteProbe",
+    "PCAResidualDetector",
     "PROBE_KINDS",
     "Probe",
+    "StackedProbe",
     "TokenProbe",
     "fit_logistic_many",
     "load_probe",
@@ -49,12 +73,29 @@ PROBE_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
     "attention": (AttentionProbe, {}),
 }
 
+#: Anomaly detectors: fitted on benign rows only (``fit(X)``), scored as conformal p-values.
+DETECTOR_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
+    "mahalanobis": (MahalanobisDetector, {}),
+    "pca_residual": (PCAResidualDetector, {}),
+    "knn": (KNNDetector, {}),
+}
+
+#: Probes that read several sites (``fit`` takes an Activations, ``{site: X}`` or an ``(n, sites, d)`` stack).
+MULTI_SITE_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
+    "stacked": (StackedProbe, {}),
+    "concat": (ConcatProbe, {}),
+}
+
 
 def make_probe(kind: str, **params: Any) -> Probe:
-    """An unfitted probe from a kind name and hyperparameters, e.g. ``make_probe("logistic", C=0.1)``."""
-    if kind not in PROBE_KINDS:
-        raise ValueError(f"Unknown probe kind {kind!r}; choose one of: {', '.join(PROBE_KINDS)}.")
-    cls, preset = PROBE_KINDS[kind]
+    """An unfitted probe from a kind name and hyperparameters, e.g. ``make_probe("logistic", C=0.1)``.
+
+    Kinds: :data:`PROBE_KINDS` (supervised, one site), :data:`MULTI_SITE_KINDS` and :data:`DETECTOR_KINDS`.
+    """
+    kinds = {**PROBE_KINDS, **MULTI_SITE_KINDS, **DETECTOR_KINDS}
+    if kind not in kinds:
+        raise ValueError(f"Unknown probe kind {kind!r}; choose one of: {', '.join(kinds)}.")
+    cls, preset = kinds[kind]
     valid = list(cls().get_params())
     unknown = [k for k in params if k not in valid]
     if unknown:
