@@ -50,3 +50,10 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def timed_both(fn: Callable[[], T]) -> tuple[T, float, float]:
+    """``(fn(), wall seconds, process CPU seconds)``: CPU time is the fairer number on a shared machine."""
+    start, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - start, time.process_time() - cpu

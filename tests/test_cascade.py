@@ -107,6 +107,10 @@ def test_the_curve_rises_from_stage_one_towards_stage_two(tmp_path, val, test_se
     mean = cascade_curve(*val, *test_set, fractions=(1.0,), target_fpr=0.05, combine="mean")
     # Averaging two independent sources of evidence beats the better one alone.
     assert mean.points[0].recall > curve.stage2_alone["recall"]
+    (s1v, s2v, yv), (s1t, s2t, yt) = val, test_set
+    flipped = cascade_curve(s1v, -s2v, yv, s1t, -s2t, yt, fractions=(1.0,), target_fpr=0.05)
+    assert any("stage 2's scores fall" in w for w in flipped.warnings)
+    assert flipped.points[0].recall == pytest.approx(curve.stage2_alone["recall"])  # the map flips them back
 
 
 def test_stage_cost_of_a_probe_is_measured() -> None:

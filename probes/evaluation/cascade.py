@@ -7,6 +7,10 @@ each with an exact (Clopper-Pearson) interval. Stage 1 alone is the point at esc
 reported beside the curve with its own validation threshold. With the compute per decision of each stage
 (:class:`StageCost`: measured seconds and/or FLOPs), every point also gets the expected compute per decision
 ``cost_1 + escalated share * cost_2`` -- the curve's price tag.
+
+Both stages are compared on their validation-calibrated (Platt) log-odds: "stage 2 alone" thresholds the
+same calibrated stage-2 scores the cascade uses, and a stage whose scores fall with the positive class on
+validation (negative Platt slope) is flipped by that map and warned about.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 
 from probes.evaluation.metrics import clopper_pearson
 from probes.evaluation.report import _fmt_ci, _fmt_pct
-from probes.evaluation.thresholds import _from_json_float, _json_float, conformal_threshold
+from probes.evaluation.thresholds import _from_json_float, _json_float
 
 SCHEMA_VERSION = 1
 DEFAULT_FRACTIONS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -328,12 +332,21 @@ def cascade_curve(
                 flops_per_decision=_cost_sum(costs, "flops", esc),
             )
         )
-    # Stage 2 alone: its own threshold on the same negatives.
-    negatives2 = np.asarray(control[1], dtype=np.float64) if control is not None else s2v[yv == 0]
-    t2 = conformal_threshold(negatives2, target_fpr)
-    tp2, fp2 = int((s2t[pos] > t2).sum()), int((s2t[neg] > t2).sum())
+    # Stage 2 alone: every row escalated, its calibrated scores replacing stage 1's (the same map the cascade
+    # uses, so the escalation-1 point with combine="replace" is exactly this), thresholded on the negatives.
+    alone = Cascade(escalation=1.0, target_fpr=target_fpr, combine="replace").fit(
+        s1v, s2v, yv, control=control
+    )
+    flagged2 = alone.scores(s1t, s2t) > alone.threshold_
+    tp2, fp2 = int(flagged2[pos].sum()), int(flagged2[neg].sum())
+    for stage, fitted in (("stage 1", alone.stage1_map_), ("stage 2", alone.stage2_map_)):
+        if fitted.a_ < 0:
+            warnings.append(
+                f"{stage}'s scores fall as the positive class rises on validation (Platt slope {fitted.a_:.3g} "
+                "< 0): the cascade uses them flipped. Check the probe's sign or the judge's question and answers."
+            )
     stage2 = {
-        "threshold": t2,
+        "threshold": float(alone.threshold_),
         "recall": tp2 / int(pos.sum()),
         "recall_ci": clopper_pearson(tp2, int(pos.sum()), confidence),
         "fpr": fp2 / int(neg.sum()),

@@ -140,12 +140,14 @@ class AnomalyDetector(Probe):
             # A constant feature carries no information about anomalies in the fitting data; scale 1
             # keeps it finite (any deviation from the constant still shows up in the score).
             scale = torch.where(std > 1e-12 * max(float(std.max()), 1e-300), std, torch.ones_like(std))
+            Z = ((Xd - mean) / scale).numpy()
         else:
             mean = torch.zeros(X.shape[1], dtype=torch.float64)
             scale = torch.ones(X.shape[1], dtype=torch.float64)
+            Z = Xd.numpy()
         self.mean_ = mean.float()
         self.scale_ = scale.float()
-        self._fit_benign(((Xd - mean) / scale).numpy(), mean.numpy(), scale.numpy(), who)
+        self._fit_benign(Z, mean.numpy(), scale.numpy(), who)
 
     def _validate_common(self, who: str) -> None:
         if not 0.0 <= float(self.calibration_fraction) < 1.0:
@@ -364,18 +366,19 @@ class MahalanobisDetector(AnomalyDetector):
                 f"{n - 1} < {d} and no inverse. Use shrinkage='ledoit_wolf' or 'oas', reduce the dimension "
                 "first (PCAResidualDetector, or a PCA in front), or fit on more benign rows."
             )
+        # store_precision=False: the inverse is taken once, below, as an eigendecomposition.
         if self.shrinkage == "ledoit_wolf":
-            est = LedoitWolf().fit(Z)
+            est = LedoitWolf(store_precision=False).fit(Z)
             shrink = float(est.shrinkage_)
         elif self.shrinkage == "oas":
-            est = OAS().fit(Z)
+            est = OAS(store_precision=False).fit(Z)
             shrink = float(est.shrinkage_)
         elif self.shrinkage == "none":
-            est = EmpiricalCovariance().fit(Z)
+            est = EmpiricalCovariance(store_precision=False).fit(Z)
             shrink = 0.0
         else:
             shrink = float(self.shrinkage)
-            est = ShrunkCovariance(shrinkage=shrink).fit(Z)
+            est = ShrunkCovariance(store_precision=False, shrinkage=shrink).fit(Z)
         evals, evecs = np.linalg.eigh(np.asarray(est.covariance_, dtype=np.float64))
         top = float(evals.max()) if evals.size else 0.0
         if not top > 0 or float(evals.min()) <= 1e-10 * top:
@@ -461,9 +464,10 @@ class PCAResidualDetector(AnomalyDetector):
                 f"{who}: n_components={k} must be below min(fitting rows, dimensions) = {min(n, d)}: the "
                 "residual outside that many components is zero for every row. Use fewer components."
             )
-        pca = PCA(
-            n_components=k, svd_solver="full" if isinstance(k, float) else "auto", random_state=self.seed
-        )
+        # With more rows than dimensions the eigendecomposition of the d x d covariance is exact and far
+        # cheaper than an SVD of the rows ("auto" picks a randomized solver for some shapes).
+        solver = "covariance_eigh" if n >= d else "full"
+        pca = PCA(n_components=k, svd_solver=solver, random_state=self.seed)
         pca.fit(Z)
         if pca.n_components_ >= d:
             raise ValueError(
