@@ -44,7 +44,8 @@ def test_a_probe_then_lm_judge_cascade_on_a_real_model(tmp_path, stories) -> Non
     model, tok, parts, acts = stories
     stage1 = LogisticProbe(C=0.1).fit(acts["train"]["layers.2"], acts["train"].labels)
     s1 = {k: stage1.decision_function(acts[k]["layers.2"]) for k in ("val", "test")}
-    judge = LMJudge(model, tok, state="sadness", score="logodds", batch_size=16)
+    # One spelling each: two teacher-forced sequences per row ("Yes" and "No" are 3 tokens each here).
+    judge = LMJudge(model, tok, state="sadness", score="logodds", yes=("Yes",), no=("No",), batch_size=32)
     s2 = {k: judge.score(list(parts[k])) for k in ("val", "test")}
     assert all(np.isfinite(v).all() for v in s2.values())
     costs = [StageCost.of_probe(stage1, X=acts["test"]["layers.2"]), StageCost.of_judge(judge)]
