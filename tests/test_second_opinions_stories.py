@@ -61,3 +61,33 @@ def test_a_probe_then_lm_judge_cascade_on_a_real_model(tmp_path, stories) -> Non
     assert abs(curve.points[1].val_escalation - 0.25) < 0.05
     assert curve.points[1].flops_per_decision < curve.points[2].flops_per_decision
     assert curve.plot(tmp_path / "cascade.png").exists()
+
+
+def test_a_detector_and_a_probe_monitor_generations_at_a_calibrated_interrupt_rate(stories) -> None:
+    """The issue's bar: a bundle with a detector and a probe monitors generations, and the detector's
+    interrupt rate on held-out benign generations sits inside its binomial interval at the target."""
+    from probes.monitor import Monitor
+    from probes.monitor.calibrate import calibrate_generation
+    from probes.train import MahalanobisDetector
+
+    model, tok, parts, acts = stories
+    tokens = probes.collect(
+        model, tok, parts["control"], layers=["layers.3"], pooling="tokens", max_length=64
+    )
+    detector = MahalanobisDetector().fit(tokens["layers.3"].values)  # every token of calm stories is a row
+    probe = LogisticProbe(C=0.1).fit(acts["train"]["layers.3"], acts["train"].labels)
+    bundle = ProbeBundle.from_probe(probe, model=model, layer=3, name="sad", threshold=0.0)
+    bundle.add(detector, layer=3, name="unusual", threshold=detector.threshold_spec(0.05))
+    result = calibrate_generation(
+        bundle, model, tok, parts["control"], target_rates=[0.2], n=80, max_new_tokens=16, batch_size=10,
+        seed=0, progress=False,
+    )  # fmt: skip
+    cal = {c.probe: c for c in result.probes}["unusual"]
+    lo, hi = cal.holdout_interval
+    assert cal.n_holdout >= 30 and lo <= 0.2 <= hi
+    # The calibrated bundle runs both as one monitor.
+    monitor = Monitor(result.apply(bundle), action="flag")
+    enc = tok(["Once upon a time"], return_tensors="pt")
+    with monitor.attach(model, tokenizer=tok):
+        model.generate(**enc, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert set(monitor.trace.to_dataframe()["probe"]) == {"sad", "unusual"}
