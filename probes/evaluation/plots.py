@@ -261,6 +261,7 @@ def threshold_transfer_heatmap(transfer: Any, path: str | Path, *, title: str | 
         title=title or f"Threshold transfer · target FPR {100 * target:g}%",
     )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="FPR / target")
+    return _save(fig, path)
 
 
 def anomaly_score_histograms(
