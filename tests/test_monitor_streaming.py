@@ -185,3 +185,53 @@ def test_streaming_aggregator_masks_padding_rows() -> None:
         ref = [alone.update(s[1:, t], a[1:, t]) for t in range(3, 9)]
         got = torch.stack([b[1] for b in both[3:]])
         assert torch.allclose(got, torch.stack(ref)[:, 0], atol=1e-6), how
+
+
+def test_one_monitor_streams_multi_layer_attention_linear_and_detector_probes_together(tiny) -> None:
+    """A bundle mixing a multi-layer probe (sites 1-3), an attention probe, a linear probe and an anomaly
+    detector runs in one pass; each probe's per-token score equals its offline score of that token."""
+    from probes.train import LogisticProbe, MahalanobisDetector, StackedProbe
+
+    model, tok, X, y = tiny
+    sites = ["layers.1", "layers.2", "layers.3"]
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, 500, (40, 6), generator=g)
+    per_site = {s: _capture(model, int(s.split(".")[1]), input_ids=ids).reshape(-1, X.dim) for s in sites}
+    labels = (per_site["layers.2"] @ torch.randn(X.dim, generator=g) > 0).long().numpy()
+    stacked = StackedProbe().fit(per_site, labels, groups=np.arange(len(labels)) // 6)
+    linear = LogisticProbe().fit(per_site["layers.3"], labels)
+    detector = MahalanobisDetector().fit(per_site["layers.1"])
+    attention = _fit(TOKEN_PROBES[-2][1], X, y)
+
+    bundle = ProbeBundle.from_probe(stacked, model=model, name="multi", threshold=1e9)
+    bundle.add(attention, layer=LAYER, name="attn", threshold=1e9)
+    bundle.add(linear, layer=3, name="lin", threshold=1e9)
+    bundle.add(detector, layer=1, name="novel", threshold=1e9)
+    tok.padding_side = "left"
+    monitor = Monitor(bundle, smoothing="none")
+    enc = dict(tok(PROMPTS, return_tensors="pt", padding=True))
+    with torch.no_grad(), monitor.attach(model, tokenizer=tok):
+        out = model.generate(
+            **enc, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, **monitor.generate_kwargs()
+        )
+    extra = torch.ones(out.shape[0], out.shape[1] - enc["attention_mask"].shape[1], dtype=torch.long)
+    mask = torch.cat([enc["attention_mask"], extra], dim=1)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    H = {
+        s: _capture(model, int(s.split(".")[1]), input_ids=out, attention_mask=mask, position_ids=pos)
+        for s in sites
+    }
+    names = monitor.probe_names
+    for r, row in enumerate(monitor.trace.rows):
+        scored = ~np.isnan(row.score).all(axis=1)
+        at = row.positions[scored]
+        hs = {s: H[s][r, at] for s in sites}
+        want = {
+            "multi": stacked.score_torch(hs).numpy(),
+            "lin": linear.score_torch(hs["layers.3"]).numpy(),
+            "novel": detector.score_torch(hs["layers.1"]).numpy(),
+            "attn": _offline_running(attention, hs["layers.2"]).numpy(),
+        }
+        for name, ref in want.items():
+            got = row.running[scored, names.index(name)]
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4, err_msg=name)

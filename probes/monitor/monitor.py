@@ -76,9 +76,7 @@ class _Group:
     """Probes whose running scores follow the same rule, advanced together."""
 
     aggregator: StreamingAggregator
-    probes: torch.Tensor  # (k,) column of each probe in the (batch, probes) outputs
-    values: torch.Tensor  # (k,) raw column of each probe's per-token score
-    logits: torch.Tensor | None  # (k,) raw column of each probe's attention logit
+    probes: torch.Tensor  # (k,) the group's probes: their columns in every (batch, probes) tensor
 
 
 @dataclass
@@ -232,57 +230,61 @@ class Monitor:
 
     # --- configuration ---------------------------------------------------------------------------
     def _plan(self, selected: list[BundleEntry]) -> None:
-        """Order the probes by site, lay out their per-token columns and group their running scores."""
-        by_site: dict[str, list[BundleEntry]] = {}
-        for entry in selected:
-            by_site.setdefault(entry.site, []).append(entry)
-        self._entries: list[BundleEntry] = []
+        """Lay out every probe's per-token columns by site and group the probes' running scores.
+
+        Each site computes its columns in one fused matmul (plus one column per nonlinear probe); the
+        columns of all sites, side by side, map to the probes through two 0/1 matrices: ``values`` (a probe's
+        per-token score - for a multi-layer probe the sum of its columns over its sites) and ``logits`` (an
+        attention probe's attention logit).
+        """
+        self._entries: list[BundleEntry] = list(selected)
+        plans: list[
+            tuple[dict[str, list[tuple[torch.Tensor, torch.Tensor]]] | None, StreamingAggregator]
+        ] = []
+        for e in self._entries:
+            forms = e.score_forms() if len(e.sites) > 1 else None
+            if len(e.sites) > 1 and forms is None:
+                raise ValueError(f"Probe {e.name!r} reads sites {list(e.sites)} but is not linear in them.")
+            if forms is not None:  # a multi-layer probe: one value column at each of its sites
+                plans.append(({site: [form] for site, form in forms.items()}, self._aggregator(e)))
+                continue
+            cols = e.score_columns()
+            plans.append((None if cols is None else {e.site: cols}, self._aggregator(e)))
+        sites = list(dict.fromkeys(site for e, (cols, _) in zip(self._entries, plans, strict=True)
+                                   for site in (cols or {e.site: None})))  # fmt: skip
         self._sites: list[_Site] = []
         self._site_forms: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        value_col: list[int] = []
-        logit_col: list[int | None] = []
-        aggregators: list[StreamingAggregator] = []
+        value_of: list[tuple[int, int]] = []  # (column, probe)
+        logit_of: list[tuple[int, int]] = []
         column = 0
-        for site, entries in by_site.items():
-            planned = [(e, e.score_columns(), self._aggregator(e)) for e in entries]
-            linear = [(e, cols, agg) for e, cols, agg in planned if cols is not None]
-            nonlinear = [(e, cols, agg) for e, cols, agg in planned if cols is None]
+        for site in sites:
             forms: list[tuple[torch.Tensor, torch.Tensor]] = []
-            for e, cols, agg in linear:
-                assert cols is not None
-                self._entries.append(e)
-                aggregators.append(agg)
-                value_col.append(column + len(forms))
-                logit_col.append(column + len(forms) + 1 if agg.needs_logits else None)
-                forms.extend(cols)
+            for j, (cols, agg) in enumerate(plans):
+                if cols is not None and site in cols:
+                    value_of.append((column + len(forms), j))
+                    if agg.needs_logits:
+                        logit_of.append((column + len(forms) + 1, j))
+                    forms.extend(cols[site])
             n_linear = len(forms)
-            nonlinear_idx = []
-            for k, (e, _, agg) in enumerate(nonlinear):
-                if agg.needs_logits:
-                    raise ValueError(f"Probe {e.name!r} needs attention logits but has no attention form.")
-                nonlinear_idx.append(len(self._entries))
-                self._entries.append(e)
-                aggregators.append(agg)
-                value_col.append(column + n_linear + k)
-                logit_col.append(None)
-            self._sites.append(_Site(site, None, None, nonlinear_idx))
+            nonlinear = [
+                j for j, (cols, _) in enumerate(plans) if cols is None and self._entries[j].site == site
+            ]
+            for k, j in enumerate(nonlinear):
+                if plans[j][1].needs_logits:
+                    raise ValueError(
+                        f"Probe {self._entries[j].name!r} needs attention logits but has no attention form."
+                    )
+                value_of.append((column + n_linear + k, j))
+            self._sites.append(_Site(site, None, None, nonlinear))
             self._site_forms.append(forms)
             column += n_linear + len(nonlinear)
         self._n_columns = column
+        self._value_of, self._logit_of = value_of, logit_of
         # Probes that follow the same rule share one aggregator (one set of kernels per step).
         groups: dict[tuple, list[int]] = {}
-        for j, agg in enumerate(aggregators):
+        for j, (_, agg) in enumerate(plans):
             groups.setdefault(agg.spec, []).append(j)
-        self._group_specs = [
-            (
-                aggregators[members[0]],
-                members,
-                [value_col[j] for j in members],
-                [logit_col[j] for j in members],
-            )
-            for members in groups.values()
-        ]
-        self._value_cols = value_col
+        self._group_specs = [(plans[members[0]][1], members) for members in groups.values()]
         self._groups: list[_Group] = []
 
     def _aggregator(self, entry: BundleEntry) -> StreamingAggregator:
@@ -437,21 +439,21 @@ class Monitor:
         def cols(values: list[int]) -> torch.Tensor:
             return torch.tensor(values, dtype=torch.long, device=device)
 
-        self._groups = [
-            _Group(
-                copy.deepcopy(agg),
-                cols(members),
-                cols(values),
-                cols([c for c in logits if c is not None]) if agg.needs_logits else None,
-            )
-            for agg, members, values, logits in self._group_specs
-        ]
-        identity = list(range(len(self._entries)))
-        plain = self._value_cols == identity and self._n_columns == len(identity)  # one column per probe
-        self._value_cols_t = None if plain else cols(self._value_cols)
+        def combine(pairs: list[tuple[int, int]]) -> torch.Tensor:
+            m = torch.zeros(self._n_columns, len(self._entries), device=device)
+            for c, j in pairs:
+                m[c, j] = 1.0
+            return m
+
+        p = len(self._entries)
+        self._groups = [_Group(copy.deepcopy(agg), cols(members)) for agg, members in self._group_specs]
+        # A plain layout - one column per probe, in probe order - needs no mapping at all; else a matmul.
+        plain = sorted(self._value_of) == [(j, j) for j in range(p)] and self._n_columns == p
+        self._to_values = None if plain else combine(self._value_of)
+        self._to_logits = combine(self._logit_of) if self._logit_of else None
         # One group holding every probe in order: its output is the (batch, probes) tensor itself.
         only = self._groups[0] if len(self._groups) == 1 else None
-        self._single = only is not None and only.probes.tolist() == identity
+        self._single = only is not None and only.probes.tolist() == list(range(p))
 
     # --- hooks (the hot path: tensor ops only, no host sync) ---------------------------------------
     def _on_forward_start(self, _module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -620,17 +622,21 @@ class Monitor:
         ``raw`` is ``(B, C)``: every probe's per-token columns. Rows where ``valid`` is False keep their
         state; ``valid=None`` (every decoding step) means all rows are real tokens and no masking op runs.
         """
-        x = raw if self._value_cols_t is None else raw.index_select(1, self._value_cols_t)
+        x = raw if self._to_values is None else raw @ self._to_values
+        logits = None if self._to_logits is None else raw @ self._to_logits
         if self._single:
             g = self._groups[0]
-            logits = None if g.logits is None else raw.index_select(1, g.logits)
-            run = g.aggregator.update(x, logits, valid)  # one group in probe order: its values are x
+            run = g.aggregator.update(x, logits, valid)
             smooth = g.aggregator.base_value
         else:
             run, smooth = torch.empty_like(x), torch.empty_like(x)
             for g in self._groups:
-                logits = None if g.logits is None else raw.index_select(1, g.logits)
-                out = g.aggregator.update(raw.index_select(1, g.values), logits, valid)
+                lg = (
+                    logits.index_select(1, g.probes)
+                    if g.aggregator.needs_logits and logits is not None
+                    else None
+                )
+                out = g.aggregator.update(x.index_select(1, g.probes), lg, valid)
                 run.index_copy_(1, g.probes, out)
                 smooth.index_copy_(1, g.probes, g.aggregator.base_value)
         # A NaN or infinite score can never pass as "below the threshold": it fires (fail closed).
