@@ -10,6 +10,7 @@ Variants, each generating exactly ``--new-tokens`` tokens greedily (``min_new_to
               exact-stop criteria and logits processor (the threshold is out of reach, so every variant
               makes as many steps)
 ``attention`` one attention-pooled token probe (online softmax per row, two fused columns)
+``detector``  one Mahalanobis anomaly detector (Ledoit-Wolf), scored per token with its own ``score_torch``
 ``3-probes``  three linear probes on two layers
 ``naive``     ``generate(output_hidden_states=True, return_dict_in_generate=True)``, then scoring every
               step's hidden states afterwards (what one writes without hooks)
@@ -42,7 +43,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from _common import random_causal_lm  # noqa: E402
 
-VARIANTS = ("plain", "linear", "attention", "3-probes", "naive")
+VARIANTS = ("plain", "linear", "attention", "detector", "3-probes", "naive")
 SHAPES = ("gpt2-small", "llama-135m")
 
 
@@ -59,7 +60,7 @@ def make_bundles(model) -> dict[str, Any]:
     import torch
 
     from probes.package import ProbeBundle
-    from probes.train import AttentionProbe, LogisticProbe
+    from probes.train import AttentionProbe, LogisticProbe, MahalanobisDetector
 
     d, n_layers = model.config.hidden_size, model.config.num_hidden_layers
     g = torch.Generator().manual_seed(0)
@@ -78,11 +79,14 @@ def make_bundles(model) -> dict[str, Any]:
         )  # fmt: skip
 
     mid, late = n_layers // 2, n_layers - 2
+    benign = torch.randn(4 * d, d, generator=g)  # a Mahalanobis detector: one (d, d) matmul per token
+    detector = MahalanobisDetector().fit(benign)
     three = ProbeBundle.from_probe(probe(), model=model, layer=mid, name="a", threshold=1e9)
     three.add(probe(), layer=mid, name="b", threshold=1e9).add(probe(), layer=late, name="c", threshold=1e9)
     return {
         "linear": ProbeBundle.from_probe(probe(), model=model, layer=mid, name="a", threshold=1e9),
         "attention": ProbeBundle.from_probe(attention(), model=model, layer=mid, name="a", threshold=1e9),
+        "detector": ProbeBundle.from_probe(detector, model=model, layer=mid, name="a", threshold=1e9),
         "3-probes": three,
     }
 
