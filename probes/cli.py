@@ -14,6 +14,7 @@ instant.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from probes.errors import BundleError, ConfigError, DatasetError, ProbesError, TrackingError
+from probes.errors import BundleError, ConfigError, DatasetError, ModelFileError, ProbesError, TrackingError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -35,8 +36,8 @@ EXIT_BAD_INPUT = 2
 EXIT_TRACKING = 3
 
 # ----------------------------------------------------------------------------------------------------------
-# `probes monitor`: registered by probes.monitor.cli.register(app), loaded only when it is invoked (the
-# monitor imports torch; `probes --help` must not).
+# `probes monitor` and `probes generate`: registered by <module>.register(app), loaded only when invoked
+# (they import torch; `probes --help` must not).
 
 _LAZY_COMMANDS = {
     "monitor": (
@@ -46,6 +47,10 @@ _LAZY_COMMANDS = {
     "calibrate": (
         "probes/monitor/cli.py",
         "Set a bundle's generation-level threshold on the model's own benign generations (probes calibrate --help).",
+    ),
+    "generate": (
+        "probes/generate/cli.py",
+        "Sample a model's own replies to a dataset's prompts: an on-policy dataset (probes generate --help).",
     ),
 }
 
@@ -76,10 +81,8 @@ class _LazyGroup(TyperGroup):
             return command
         if self._formatting:  # listing only: a placeholder with the help line, no import
             return click.Command(cmd_name, help=_LAZY_COMMANDS[cmd_name][1])
+        module = _LAZY_COMMANDS[cmd_name][0].removesuffix(".py").replace("/", ".")
         try:
-            import importlib
-
-            module = _LAZY_COMMANDS[cmd_name][0].removesuffix(".py").replace("/", ".")
             register = importlib.import_module(module).register
         except ImportError as exc:
             err.print(f"[bold red]error:[/] `probes {cmd_name}` is unavailable: {exc}")
@@ -158,7 +161,7 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except (ConfigError, DatasetError, BundleError) as exc:
+    except (ConfigError, DatasetError, BundleError, ModelFileError) as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     except TrackingError as exc:
         _fail(EXIT_TRACKING, str(exc))

@@ -62,3 +62,8 @@ class MonitorError(ProbesError, RuntimeError):
 class CalibrationWarning(UserWarning):
     """A threshold could not be calibrated as asked (e.g. too few benign calibration scores for the target
     false-alarm rate, so the threshold is ``+inf`` and nothing is ever flagged)."""
+
+
+class ModelFileError(ProbesError, ValueError):
+    """A model file cannot be used: missing, truncated, not what it claims, or of an architecture or
+    quantisation this installation cannot load (the message names the file and what is supported)."""

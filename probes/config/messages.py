@@ -43,7 +43,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return []
 
 
-def format_errors(exc: ValidationError, source: str) -> str:
+def format_errors(exc: ValidationError, source: str, schema: type[BaseModel] = RunConfig) -> str:
+    """One line per invalid key of ``schema`` (a run config unless another is given)."""
     lines: list[str] = []
     seen: set[str] = set()
     for err in exc.errors():
@@ -51,7 +52,7 @@ def format_errors(exc: ValidationError, source: str) -> str:
         path = _loc(loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             parent = tuple(p for p in loc[:-1] if not (isinstance(p, str) and "[" in p))
-            allowed = _allowed_keys(RunConfig, parent)
+            allowed = _allowed_keys(schema, parent)
             hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             msg = f"unknown key {str(loc[-1])!r}"
             msg += f" (did you mean {hint[0]!r}?)" if hint else ""

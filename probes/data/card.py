@@ -38,6 +38,8 @@ class DatasetCard(BaseModel):
     intended_use: str = ""
     splits: str = ""
     baselines: dict[str, Any] | None = None
+    # Written by `probes generate`: the model, source dataset and sampling settings that made the replies.
+    generation: dict[str, Any] | None = None
 
     @field_validator("label_names")
     @classmethod
@@ -72,7 +74,7 @@ class DatasetCard(BaseModel):
                 raise DatasetError(
                     f"{origin}: dataset card is missing {', '.join(repr(k) for k in missing)}. Add them "
                     f"(required keys: {', '.join(REQUIRED_IN_FILE)}; optional: kind, confounds, "
-                    "intended_use, splits, baselines)."
+                    "intended_use, splits, baselines, generation)."
                 )
         known = set(cls.model_fields)
         unknown = sorted(set(data) - known)

@@ -125,7 +125,7 @@ def model_fingerprint(model: nn.Module, layers_attr: str | None = None) -> dict[
     weights = weight_fingerprint(model, layers_attr)
     first = next((p for p in blocks[0].parameters() if p.ndim == 2), None)
     source = getattr(model, "_probes_source", {}) or {}
-    return {
+    fingerprint = {
         "fingerprint_version": FINGERPRINT_VERSION,
         "name": source.get("name") or getattr(config, "_name_or_path", "") or type(model).__name__,
         "revision": source.get("revision"),
@@ -137,6 +137,11 @@ def model_fingerprint(model: nn.Module, layers_attr: str | None = None) -> dict[
         "num_layers": len(blocks),
         **weights,
     }
+    gguf = source.get("gguf")
+    if gguf:  # converted from a GGUF file: say which file, by name and content
+        fingerprint["gguf_file"] = gguf.get("file")
+        fingerprint["gguf_sha256"] = gguf.get("sha256")
+    return fingerprint
 
 
 def fingerprint_matches(expected: dict[str, Any], actual: dict[str, Any]) -> list[str]:

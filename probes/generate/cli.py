@@ -1,0 +1,82 @@
+"""``probes generate CONFIG``: registered on the main app by :func:`register` (imported only when invoked)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+HELP = (
+    "Sample the model's own replies to the prompts of CONFIG's dataset and write them as a new dataset "
+    "folder (same ids, labels, groups and conditions; the target is the generated reply).\n\n"
+    "Batched and length-sorted, with a progress bar; an interrupted run resumes where it stopped when run "
+    "again with the same config. The output card records the model, the source dataset and every sampling "
+    "setting. Exit codes: 0 ok, 1 failed, 2 bad config, data or usage."
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``generate`` command to ``app``."""
+
+    @app.command("generate", help=HELP)
+    def generate_command(
+        config: Annotated[
+            Path, typer.Argument(help="A generate config (YAML), e.g. training/generate_*.yaml.")
+        ],
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config value (repeatable)."),
+        ] = None,
+    ) -> None:
+        from rich.console import Console
+
+        from probes.cli import _errors
+
+        err = Console(stderr=True, highlight=False)
+        with _errors():
+            from probes.config.generate import load_generate_config
+
+            cfg = load_generate_config(config, list(set_ or []))
+            out = run_generate(cfg, err)
+            err.print(f"[green]✓[/] wrote {out}", soft_wrap=True)
+            typer.echo(str(out))
+
+
+def run_generate(cfg, console) -> Path:
+    """Load the model and the dataset of a :class:`~probes.config.generate.GenerateConfig`, generate, write."""
+    import time
+
+    from probes.generate.core import SamplingSettings, generate_dataset
+    from probes.models import load_model
+    from probes.pipeline import load_spec
+
+    dataset = load_spec(cfg.data, seed=cfg.sampling.seed, what="data")
+    start = time.perf_counter()
+    model, tokenizer = load_model(
+        cfg.model.name_or_path,
+        dtype=cfg.model.dtype,
+        device=cfg.model.device,
+        revision=cfg.model.revision,
+        layers_attr=cfg.model.layers_attr,
+    )
+    console.print(
+        f"[green]✓[/] model {cfg.model.name_or_path} ({time.perf_counter() - start:.1f}s); "
+        f"{len(dataset)} prompts from {dataset.source}",
+        soft_wrap=True,
+    )
+    sampling = SamplingSettings(**cfg.sampling.model_dump())
+    result = generate_dataset(
+        model,
+        tokenizer,
+        dataset,
+        cfg.output,
+        sampling=sampling,
+        batch_size=cfg.batch_size,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        chat_template=cfg.chat_template,
+        use_chat_template=cfg.use_chat_template,
+        name=cfg.dataset_name,
+        overwrite=cfg.overwrite,
+    )
+    return Path(str(result.source))
