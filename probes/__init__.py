@@ -10,6 +10,7 @@ The pipeline is the package layout::
     probes.evaluation  AUROC with CIs, recall at a control-set FPR, calibration, baselines, plots
     probes.package     probe bundles (safetensors + JSON, model fingerprint)
     probes.monitor     streaming monitors that score every generated token and stop generation
+    probes.generate    on-policy datasets: the model's own replies to a dataset's prompts
     probes.track       MLflow tracking
     probes.config / probes.pipeline / probes.cli   config-driven runs and the ``probes`` command
 
@@ -64,6 +65,9 @@ _EXPORTS: dict[str, str] = {
     "ProbeBundle": "probes.package",
     "Monitor": "probes.monitor",
     "Trace": "probes.monitor",
+    # on-policy data
+    "generate_dataset": "probes.generate",
+    "SamplingSettings": "probes.generate",
     # runs
     "RunConfig": "probes.config",
     "load_config": "probes.config",
@@ -101,6 +105,7 @@ if TYPE_CHECKING:  # pragma: no cover
         length_baseline,
         text_baseline,
     )
+    from probes.generate import SamplingSettings, generate_dataset
     from probes.models import load_model
     from probes.monitor import Monitor, Trace
     from probes.package import ProbeBundle
