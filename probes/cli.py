@@ -329,17 +329,24 @@ def validate(
 ) -> None:
     """Check configs and datasets without loading a model.
 
-    Configs: schema, dataset files, cards, labels, splits, holdout values, probe parameters. Datasets:
+    Configs: schema, dataset files, cards, labels, splits, holdout values, probe parameters (generate configs:
+    schema, the dataset, a turn to answer in every row). Datasets:
     rows, labels, targets, card. Exit 0 when everything is valid, 2 otherwise.
     """
     from rich.markup import escape
 
+    from probes.config.generate import is_generate_config
     from probes.pipeline import validate_config, validate_dataset
 
     failures = 0
     for path in paths:
         try:
-            lines = validate_config(path, set_ or []) if _is_config(path) else validate_dataset(path)
+            if _is_config(path) and is_generate_config(path):
+                from probes.generate.cli import validate_generate_config
+
+                lines = validate_generate_config(path, set_ or [])
+            else:
+                lines = validate_config(path, set_ or []) if _is_config(path) else validate_dataset(path)
         except (ConfigError, DatasetError, FileNotFoundError) as exc:
             failures += 1
             err.print(f"[bold red]✗[/] {escape(str(path))}\n{escape(str(exc))}", soft_wrap=True)

@@ -103,3 +103,12 @@ def load_generate_config(path: str | Path, overrides: Sequence[str] = ()) -> Gen
     config._source = source
     config._overrides = tuple(overrides)
     return config
+
+
+def is_generate_config(path: str | Path) -> bool:
+    """A YAML file whose top level has ``output:`` is a ``probes generate`` config (run configs have none)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "output" in raw

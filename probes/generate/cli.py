@@ -80,3 +80,24 @@ def run_generate(cfg, console) -> Path:
         overwrite=cfg.overwrite,
     )
     return Path(str(result.source))
+
+
+def validate_generate_config(path: Path, overrides: list[str]) -> list[str]:
+    """``probes validate`` for a generate config: schema, the dataset, a turn to answer in every row; no model."""
+    from probes.config.generate import load_generate_config
+    from probes.generate.core import _check_prompts
+    from probes.models.packages import resolve_package
+    from probes.pipeline import load_spec
+
+    cfg = load_generate_config(path, overrides)
+    dataset = load_spec(cfg.data, seed=cfg.sampling.seed, what="data")
+    _check_prompts(list(dataset), dataset.source)
+    s = cfg.sampling
+    return [
+        f"generate {len(dataset)} prompts from {dataset.source} -> {cfg.output}"
+        + (" (exists: set overwrite)" if Path(cfg.output).exists() and not cfg.overwrite else ""),
+        f"model   {cfg.model.name_or_path}"
+        + (f" → {resolve_package(cfg.model.name_or_path)}" if cfg.model.is_package else ""),
+        f"sampling n={s.n} do_sample={s.do_sample} temperature={s.temperature} top_p={s.top_p} "
+        f"max_new_tokens={s.max_new_tokens} seed={s.seed}",
+    ]
