@@ -392,7 +392,7 @@ def _convert(path: Path, sha: str, header: GGUFHeader, folder: Path, *, progress
         ) from exc
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     start = time.perf_counter()
@@ -407,11 +407,15 @@ def _convert(path: Path, sha: str, header: GGUFHeader, folder: Path, *, progress
         tmp.mkdir(parents=True)
         # dequantize=True: a plain dense float32 model (exact activations, serializable), whatever kernels
         # transformers might otherwise keep the packed blocks for.
+        kwargs: dict[str, Any] = {}
+        try:  # transformers >= 5.2x can keep GGUF blocks packed; ask for the dense model explicitly
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # older releases always dequantise (checked below either way)
+            pass
         model = AutoModelForCausalLM.from_pretrained(
-            str(path.parent),
-            gguf_file=path.name,
-            dtype=torch.float32,
-            quantization_config=GgufConfig(dequantize=True),
+            str(path.parent), gguf_file=path.name, dtype=torch.float32, **kwargs
         )
         packed = sorted(
             {type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()}
