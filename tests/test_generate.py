@@ -224,3 +224,28 @@ def test_generate_config_is_strict(tmp_path: Path) -> None:
     assert loaded.data.limit == 10 and loaded.sampling.n == 3
     with pytest.raises(ConfigError, match="greedy decoding"):
         load_generate_config(cfg, ["sampling.do_sample=false", "sampling.n=2"])
+
+
+def test_the_shipped_on_policy_dataset_matches_its_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets/emotion_genuine_vs_roleplay_onpolicy_smollm2 (probes generate on SmolLM2): every row is its
+    source row with the model's reply in place of the written one, and the card says how it was sampled."""
+    out = load_dataset(ROOT / "datasets" / "emotion_genuine_vs_roleplay_onpolicy_smollm2")
+    src = {ex.id: ex for ex in load_dataset(ROOT / "datasets" / "emotion_genuine_vs_roleplay")}
+    assert len(out) == 240 and len({ex.group for ex in out}) == 120
+    for ex in out:
+        s = src[ex.id]
+        assert (ex.label, ex.group, ex.conditions) == (s.label, s.group, s.conditions)
+        assert ex.messages[:-1] == s.messages[:-1] and ex.target == Target(message=-1)
+        assert ex.meta["generated"]["original_reply"] == s.messages[-1].content
+    gen = out.card.generation
+    assert gen["model"]["gguf_file"] == "SmolLM2-135M-Instruct.Q4_1.gguf" and gen["model"]["num_layers"] == 30
+    assert gen["sampling"]["seed"] == 0 and gen["sampling"]["temperature"] == 0.7
+    # The shipped config still selects exactly the prompts these replies answer.
+    from probes.config.generate import load_generate_config
+    from probes.pipeline import load_spec
+
+    monkeypatch.chdir(ROOT)  # config paths resolve against the current directory
+    cfg = load_generate_config(ROOT / "training" / "generate_emotion_smollm2.yaml")
+    assert Path(cfg.output) == Path("datasets/emotion_genuine_vs_roleplay_onpolicy_smollm2")
+    prompts = load_spec(cfg.data, seed=cfg.sampling.seed, what="data")
+    assert gen["source_dataset"]["fingerprint"] == prompts.fingerprint()
