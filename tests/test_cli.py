@@ -109,6 +109,9 @@ def test_validate_shipped_configs(path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.chdir(ROOT)
     result = invoke("validate", str(path.relative_to(ROOT)))
     assert result.exit_code == 0, result.output
+    if "output:" in path.read_text(encoding="utf-8"):  # a probes generate config: prompts, model, sampling
+        assert "generate 240 prompts from" in result.output and "sampling n=1" in result.output
+        return
     assert "splits: train" in result.output and "control" in result.output
 
 
