@@ -134,7 +134,7 @@ def test_the_monitor_on_a_real_chat_model_scores_exactly_and_stops_at_the_firing
         hidden = model(input_ids=plain, output_hidden_states=True).hidden_states[15][0]
     expected = probe.decision_function(hidden.numpy())
     scored = ~np.isnan(row.score[:, 0])
-    assert scored.sum() >= 8
+    assert scored.sum() >= 5  # the reply ("The capital of France is Paris.") up to its last fed token
     assert np.abs(row.score[scored, 0] - expected[row.positions[scored]]).max() <= TOL
 
     # Now a threshold some generated token exceeds: generation stops exactly there, then <|im_end|>.
