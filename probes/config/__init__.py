@@ -16,9 +16,11 @@ from probes.config.loading import apply_overrides, config_from_dict, load_config
 from probes.config.model import ModelConfig, resolve_model_path
 from probes.config.probe import LayerRange, ProbeConfig
 from probes.config.run import RunConfig
+from probes.config.stages import DetectorConfig, StageConfig, StagesConfig, check_stage_models
 
 __all__ = [
     "DataConfig",
+    "DetectorConfig",
     "DatasetSpec",
     "FieldMapping",
     "EvaluationConfig",
@@ -27,8 +29,11 @@ __all__ = [
     "ProbeConfig",
     "RunConfig",
     "SplitConfig",
+    "StageConfig",
+    "StagesConfig",
     "TrackingConfig",
     "apply_overrides",
+    "check_stage_models",
     "config_from_dict",
     "load_config",
     "resolve_model_path",

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from probes.config.messages import format_errors
 from probes.config.run import RunConfig
+from probes.config.stages import check_stage_models
 from probes.errors import ConfigError
 from probes.textfile import read_utf8
 
@@ -111,6 +112,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), *, check_paths:
     config._overrides = tuple(overrides)
     if check_paths:
         _check_dataset_paths(config, label)
+        check_stage_models(config.stages, label)
     return config
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from probes.config.base import Strict
 from probes.config.data import DataConfig
 from probes.config.evaluation import EvaluationConfig, TrackingConfig
 from probes.config.model import ModelConfig
 from probes.config.probe import LayerItem, LayerRange, ProbeConfig
+from probes.config.stages import DETECTOR_KINDS, DetectorConfig, StagesConfig
 
 
 class RunConfig(Strict):
@@ -37,6 +38,12 @@ class RunConfig(Strict):
     )
     output_dir: str = Field("runs", description="Run outputs go to <output_dir>/<name>-<timestamp>/.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    detectors: list[DetectorConfig] = Field(
+        default_factory=list, description="Anomaly detectors fitted on the control set's benign rows only."
+    )
+    stages: StagesConfig | None = Field(
+        None, description="A two-stage cascade: the chosen probe, then a costlier probe or an LM judge."
+    )
 
     # Where the config came from: recorded in the run, never part of the schema.
     _source: str | None = PrivateAttr(default=None)
@@ -58,6 +65,34 @@ class RunConfig(Strict):
                     raise ValueError(f"layer {item!r} is not a site name ('layers.N' or 'final_norm')")
             return [int(i) if isinstance(i, str) and re.fullmatch(r"-?\d+", i) else i for i in value]
         raise ValueError("layers must be 'all', a list like [2, 4, 'final_norm'], or {start, stop, step}")
+
+    @model_validator(mode="after")
+    def _second_opinions(self) -> RunConfig:
+        if self.probe.kind in DETECTOR_KINDS:
+            raise ValueError(
+                f"probe.kind: {self.probe.kind!r} is an anomaly detector, fitted on benign rows only; list it "
+                f"under detectors: (e.g. detectors: [{{name: unusual, kind: {self.probe.kind}}}])"
+            )
+        if self.detectors and self.data.control is None:
+            raise ValueError("detectors: a detector is fitted on benign rows only; set data.control")
+        names = [d.name for d in self.detectors]
+        if len(set(names)) != len(names):
+            raise ValueError(f"detectors: names must be distinct; got {names}")
+        for i, det in enumerate(self.detectors):
+            for key in ("novel", "shifted"):
+                unknown = [n for n in getattr(det, key) or [] if n not in self.data.eval]
+                if unknown:
+                    raise ValueError(
+                        f"detectors.{i}.{key}: {unknown} are not eval sets; data.eval has "
+                        f"{', '.join(self.data.eval) or 'none'}"
+                    )
+            both = set(det.novel or []) & set(det.shifted)
+            if both:
+                raise ValueError(f"detectors.{i}: {sorted(both)} are both novel and shifted (benign)")
+        for key, given in (("stages", self.stages is not None), ("detectors", bool(self.detectors))):
+            if given and self.pooling == "tokens":
+                raise ValueError(f"{key}: read pooled activations; set pooling to 'last' or 'mean'")
+        return self
 
     @property
     def source(self) -> str | None:
