@@ -30,7 +30,7 @@ DETECTOR_KINDS = ("mahalanobis", "pca_residual", "knn")
 #: The escalation fractions of the cascade curve unless ``stages.curve`` says otherwise.
 DEFAULT_CURVE = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
-_JUDGE_ONLY = ("model", "question", "system")
+_JUDGE_ONLY = ("model", "question", "system", "reads")
 _PROBE_ONLY = ("probe", "layers", "params")
 
 
@@ -123,6 +123,11 @@ class StageConfig(Strict):
     no: list[str] = Field(default_factory=lambda: ["No"], description="kind: judge -- 'no' spellings.")
     score: Literal["logprob_yes", "logodds"] = "logodds"
     system: str | None = Field(None, description="kind: judge -- a system message.")
+    reads: Literal["row", "target"] = Field(
+        "row",
+        description="kind: judge -- what it is shown: the whole row (a chat: its transcript, instructions "
+        "included) or only the row's detection target (e.g. the assistant's reply).",
+    )
     batch_size: int = Field(8, gt=0, description="kind: judge -- rows per forward pass.")
 
     @field_validator("layers", mode="before")

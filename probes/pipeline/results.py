@@ -104,6 +104,8 @@ class RunResult:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Detectors and cascade (probes.pipeline.second_opinions.SecondOpinions), when the config has them.
+    second_opinions: Any = None
 
     @property
     def report_path(self) -> Path:
@@ -132,6 +134,7 @@ class RunResult:
             "bundle": str(self.bundle_dir) if self.bundle_dir else None,
             "tracking": self.tracking.to_dict() if self.tracking else None,
             "warnings": self.warnings,
+            **(self.second_opinions.report() if self.second_opinions else {}),
         }
 
     def table(self) -> Any:
@@ -193,6 +196,8 @@ class RunResult:
             parts.append(self.test.threshold_transfer[0])
         if self.generalization is not None:
             parts.append(self.generalization)
+        if self.second_opinions:  # detectors: and the stages: cascade
+            parts.extend(self.second_opinions.tables())
         if self.warnings:
             notes = Table.grid()
             notes.add_column()

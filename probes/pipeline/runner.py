@@ -41,9 +41,12 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     Local outputs are always written before tracking starts, so an unreachable MLflow server never loses
     results (``tracking.on_error: fail`` then raises :class:`probes.errors.TrackingError` afterwards).
     """
+    from probes.config import check_stage_models
     from probes.evaluation import evaluate
+    from probes.pipeline.second_opinions import second_opinions
 
     reporter = reporter or LogReporter()
+    check_stage_models(config.stages, config.source or "config")  # before anything is collected
     prep = _prepare(config, reporter)
     timings = prep.timings
     ev = config.evaluation
@@ -106,6 +109,8 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
                 elif "length_error" in lb:
                     evals[name].warnings.append(f"length baseline: {lb['length_error']}")
 
+    extra = second_opinions(prep, probe, site, reporter)  # detectors: and stages:, when configured
+
     generalization = None
     warns = list(prep.warnings)
     if ev.generalization_matrix:
@@ -125,6 +130,8 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             test_report.calibrator,
             {"test_auroc": test_report.auroc, "probe_params": params},
         )
+        if prep.control_ds is not None:
+            bundle_dir = extra.add_to_bundle(bundle_dir, prep.control_ds.name, config.pooling)
         if ev.plots:
             plots = run_dir / "plots"
             plots.mkdir()
@@ -135,6 +142,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
                     rep.plots(plots)
             if generalization is not None:
                 generalization.plot(plots / "generalization.png")
+            extra.plots(plots)
         if config.pooling == "tokens":
             with contextlib.suppress(Exception):  # a visual aid: never fail a finished run over it
                 _token_html(prep, probe, site, run_dir / "tokens.html", test_report.threshold)
@@ -153,8 +161,9 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             warnings=warns,
             timings=timings,
             datasets=_datasets_info(prep),
+            second_opinions=extra,
         )
-        _write_json(run_dir / "report.json", _report_dict(result, prep))
+        _write_json(run_dir / "report.json", {**_report_dict(result, prep), **extra.report()})
         result.run_dir = run_dir = _publish_run_dir(run_dir)
         result.bundle_dir = run_dir / bundle_dir.name
 
@@ -330,6 +339,8 @@ def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
         b = result.baselines.get(key)
         if b is not None:
             metrics[f"baseline_{key}_auroc"] = b.auroc
+    if result.second_opinions is not None:
+        metrics.update(result.second_opinions.metrics())
     metrics["chosen_layer_index"] = _site_index(result.layer, n_layers)
     metrics = {k: v for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     fp = prep.fingerprint
