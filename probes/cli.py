@@ -291,6 +291,15 @@ def evaluate(
             "--control", "-c", help="Benign control set: reports the FPR at the bundle's threshold."
         ),
     ] = None,
+    benign: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--benign",
+            "-b",
+            help="A second benign set (repeatable): the bundle's detectors' false-alarm rate on traffic they "
+            "were not calibrated on, with its exact interval.",
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use at most this many rows of each dataset.")] = None,
     device: Annotated[str | None, typer.Option(help="Override the run's model.device, e.g. cuda.")] = None,
 ) -> None:
@@ -298,12 +307,20 @@ def evaluate(
 
     Loads RUN_DIR/bundle and the run's model, collects activations of --data (and --control), prints AUROC
     with CIs and the rates at the bundle's saved threshold, and writes RUN_DIR/evaluations/DATASET.json.
+    A bundle's anomaly detectors get AUROC of --data against --control, the detection rate at their
+    false-alarm rate, and their false alarms on --control and each --benign set (exact intervals).
     """
     with _errors():
         from probes.pipeline import evaluate_run
 
         result = evaluate_run(
-            run_dir, data, control=control, limit=limit, device=device, reporter=_Reporter(err)
+            run_dir,
+            data,
+            control=control,
+            benign=benign or [],
+            limit=limit,
+            device=device,
+            reporter=_Reporter(err),
         )
         _show(result.table())
         err.print(f"Report: {result.path}")

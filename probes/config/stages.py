@@ -137,7 +137,13 @@ class StageConfig(Strict):
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> StageConfig:
-        given = self.model_fields_set
+        # Set to something other than its default (a resolved config, run.yaml, writes every default).
+        fields = type(self).model_fields
+        given = {
+            k
+            for k in self.model_fields_set
+            if getattr(self, k) != fields[k].get_default(call_default_factory=True)
+        }
         if self.kind != "judge":
             wrong = [k for k in _JUDGE_ONLY if k in given]
             if wrong:

@@ -162,3 +162,59 @@ def add_detectors_to_bundle(
             detector=d.config.kind,
         )
     return bundle.save(bundle_dir)
+
+
+def detector_entries(bundle: Any) -> list[Any]:
+    """The bundle's entries that are anomaly detectors."""
+    return [e for e in bundle if getattr(e.probe, "is_detector", False)]
+
+
+def evaluate_bundle_detectors(
+    entries: list[Any],
+    data: Any,
+    data_name: str,
+    benign: Activations | None,
+    benign_name: str,
+    shifted: dict[str, Activations],
+    *,
+    n_bootstrap: int,
+    seed: int,
+    reporter: Reporter,
+) -> list[DetectorReport]:
+    """``probes evaluate`` for a bundle's detectors: ``data`` is the novel set (its positives when it has
+    both classes), ``benign`` the benign reference (``--control``), ``shifted`` the second benign sets
+    (``--benign``). Each detector is thresholded at its bundle threshold's rate (else 1%)."""
+    import numpy as np
+
+    from probes.evaluation import evaluate_detector
+
+    if not entries:
+        return []
+    if benign is None:
+        reporter.warn(
+            "the bundle holds detectors but no --control was given: they need benign rows to be evaluated "
+            "against (AUROC, false alarms); skipped."
+        )
+        return []
+    labels = np.asarray(data.labels)
+    novel = data.subset(np.flatnonzero(labels == 1)) if len(set(labels.tolist())) == 2 else data
+    reports = []
+    for entry in entries:
+        t = entry.threshold_for()
+        rate = float(t.target_fpr) if t is not None and t.target_fpr is not None else 0.01
+        report = evaluate_detector(
+            entry.probe,
+            benign,
+            {data_name: novel},
+            shifted,
+            layer=entry.site,
+            target_fpr=rate,
+            n_bootstrap=n_bootstrap,
+            seed=seed,
+            name=entry.name,
+            benign_name=benign_name,
+        )
+        for w in report.warnings:
+            reporter.warn(f"detector {entry.name}: {w}")
+        reports.append(report)
+    return reports

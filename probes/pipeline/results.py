@@ -247,6 +247,7 @@ class EvaluateResult:
     layer: str
     report: EvalReport | None
     at_bundle_threshold: dict[str, Any]
+    detectors: list[Any] = field(default_factory=list)  # DetectorReport per detector in the bundle
 
     def table(self) -> Any:
         from rich.console import Group
@@ -261,4 +262,5 @@ class EvaluateResult:
         for key, value in self.at_bundle_threshold.items():
             t.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
         parts.append(t)
+        parts.extend(self.detectors)
         return Group(*parts)

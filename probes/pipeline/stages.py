@@ -91,11 +91,15 @@ def evaluate_run(
     data: str | Path,
     *,
     control: str | Path | None = None,
+    benign: Sequence[str | Path] = (),
     limit: int | None = None,
     device: str | None = None,
     reporter: Reporter | None = None,
 ) -> EvaluateResult:
-    """Score ``data`` (and ``control``) with the probe saved in ``run_dir``; writes ``evaluations/<name>.json``."""
+    """Score ``data`` (and ``control``) with the probe saved in ``run_dir``; writes ``evaluations/<name>.json``.
+
+    The bundle's detectors, if any, are evaluated too: ``data`` as a novel set against ``control`` and the
+    false-alarm rate on each ``benign`` set (benign traffic they were not calibrated on)."""
     import numpy as np
     import torch
 
@@ -110,8 +114,11 @@ def evaluate_run(
         )
     config = load_config(run_dir / "config.yaml", check_paths=False)
     bundle = ProbeBundle.load(run_dir / "bundle")
-    entry = next(iter(bundle))
-    for p in (data, control):
+    from probes.pipeline.detectors import detector_entries, evaluate_bundle_detectors
+
+    detectors = detector_entries(bundle)
+    entry = next((e for e in bundle if not getattr(e.probe, "is_detector", False)), next(iter(bundle)))
+    for p in (data, control, *benign):
         if p is not None and not Path(p).exists():
             raise DatasetError(f"dataset {str(p)!r} not found (relative paths resolve against {Path.cwd()}).")
     with reporter.stage("Loading datasets"):
@@ -126,15 +133,26 @@ def evaluate_run(
             if control is not None
             else None
         )
+        benign_ds = {
+            str(p): load_spec(
+                DatasetSpec(path=str(p), limit=limit),
+                seed=config.seed,
+                target=config.data.target,
+                control=True,
+            )
+            for p in benign
+        }
     with reporter.stage(f"Loading model {config.model.name_or_path}"):
         model, tokenizer = _load_model(config, device)
         bundle.check_model(model, config.model.layers_attr)
     site = entry.site
     pooling = entry.pooling or config.pooling
     cfg = config.model_copy(update={"pooling": pooling})
-    with reporter.stage(f"Collecting activations at {site}"):
-        acts = _collect(model, tokenizer, ds, [site], cfg)
-        control_acts = _collect(model, tokenizer, control_ds, [site], cfg) if control_ds is not None else None
+    sites = list(dict.fromkeys([site, *(e.site for e in detectors)]))
+    with reporter.stage(f"Collecting activations at {', '.join(sites)}"):
+        acts = _collect(model, tokenizer, ds, sites, cfg)
+        control_acts = _collect(model, tokenizer, control_ds, sites, cfg) if control_ds is not None else None
+        benign_acts = {k: _collect(model, tokenizer, v, sites, cfg) for k, v in benign_ds.items()}
     threshold = entry.threshold_for()
     at: dict[str, Any] = {"layer": site, "threshold": threshold.value if threshold else None}
 
@@ -175,6 +193,17 @@ def evaluate_run(
         reporter.warn(
             f"{ds.name} has a single class: AUROC is undefined; only rates at the threshold are shown."
         )
+    detector_reports = evaluate_bundle_detectors(
+        detectors,
+        acts,
+        ds.name,
+        control_acts,
+        control_ds.name if control_ds is not None else "control",
+        {v.name: benign_acts[k] for k, v in benign_ds.items()},
+        n_bootstrap=config.evaluation.bootstrap,
+        seed=config.seed,
+        reporter=reporter,
+    )
     out_dir = run_dir / "evaluations"
     out_dir.mkdir(exist_ok=True)
     path = out_dir / f"{_slug(ds.name)}.json"
@@ -185,9 +214,12 @@ def evaluate_run(
             "control": _dataset_info(control_ds, None) if control_ds is not None else None,
             "at_bundle_threshold": at,
             "report": report.to_dict(include_scores=False) if report is not None else None,
+            "detectors": [r.to_dict(include_scores=False) for r in detector_reports],
         },
     )
-    return EvaluateResult(path=path, layer=site, report=report, at_bundle_threshold=at)
+    return EvaluateResult(
+        path=path, layer=site, report=report, at_bundle_threshold=at, detectors=detector_reports
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
