@@ -87,8 +87,13 @@ class RunConfig(Strict):
                         f"{', '.join(self.data.eval) or 'none'}"
                     )
             both = set(det.novel or []) & set(det.shifted)
-            if both:
-                raise ValueError(f"detectors.{i}: {sorted(both)} are both novel and shifted (benign)")
+            if (
+                both and det.novel_rows == "all"
+            ):  # (with 'positive', a set's positives are novel, its negatives benign)
+                raise ValueError(
+                    f"detectors.{i}: {sorted(both)} are both novel (every row) and shifted (benign); set "
+                    "novel_rows: positive to count a two-class set's positives as novel and its negatives as benign"
+                )
         for key, given in (("stages", self.stages is not None), ("detectors", bool(self.detectors))):
             if given and self.pooling == "tokens":
                 raise ValueError(f"{key}: read pooled activations; set pooling to 'last' or 'mean'")

@@ -77,7 +77,8 @@ class DetectorConfig(Strict):
     )
     shifted: list[str] = Field(
         default_factory=list,
-        description="Eval sets of benign rows from another source: false alarms it was not calibrated on.",
+        description="Eval sets of benign traffic from another source (a two-class set: its negatives): the "
+        "false-alarm rate on traffic it was not calibrated on.",
     )
 
     @field_validator("name")
