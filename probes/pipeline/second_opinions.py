@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probes.config import RunConfig
+from probes.errors import ConfigError
 from probes.pipeline.cascade import CascadeOutcome, run_cascade
 from probes.pipeline.detectors import FittedDetector, add_detectors_to_bundle, fit_detectors
 from probes.pipeline.prepare import _Prepared
@@ -69,3 +71,40 @@ class SecondOpinions:
 def second_opinions(prep: _Prepared, probe: Any, site: str, reporter: Reporter) -> SecondOpinions:
     """Fit and evaluate the run's detectors and cascade (each a no-op when its section is absent)."""
     return SecondOpinions(fit_detectors(prep, site, reporter), run_cascade(prep, probe, site, reporter))
+
+
+def validate_second_opinions(config: RunConfig) -> list[str]:
+    """``probes validate`` lines for ``detectors:`` and ``stages:``; checks their parameters against the
+    probe kinds (ConfigError naming the key) without loading a model."""
+    from probes.pipeline.sweep import _probe_params
+
+    lines = []
+    for i, det in enumerate(config.detectors):
+        try:
+            _probe_params(det.kind, det.params, config.seed)
+        except ConfigError as exc:
+            raise ConfigError(f"detectors.{i} ({det.name}): {exc}") from None
+        novel = det.novel if det.novel is not None else [n for n in config.data.eval if n not in det.shifted]
+        lines.append(
+            f"detector {det.name}: {det.kind} at {det.layer}, fitted on the control set's benign rows; novel: "
+            f"test positives{''.join(', ' + n for n in novel)}; shifted benign: {', '.join(det.shifted) or 'none'}"
+        )
+    st = config.stages
+    if st is not None:
+        desc = []
+        for key in ("stage1", "stage2"):
+            stage = getattr(st, key)
+            if stage.kind == "probe":
+                try:
+                    _probe_params(str(stage.probe), stage.params, config.seed)
+                except ConfigError as exc:
+                    raise ConfigError(f"stages.{key}: {exc}") from None
+                desc.append(f"{stage.probe} probe")
+            elif stage.kind == "judge":
+                desc.append(f"LM judge {stage.model or config.model.name_or_path}")
+            else:
+                desc.append("the chosen probe")
+        lines.append(
+            f"cascade {desc[0]} → {desc[1]}, escalating {st.escalation:.0%} of rows (band chosen on validation)"
+        )
+    return lines

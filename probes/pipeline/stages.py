@@ -273,6 +273,9 @@ def validate_config(path: str | Path, overrides: Sequence[str] = ()) -> list[str
         lines.append(f"eval.{name} " + _describe(ds))
     for params in config.probe.candidates():
         _probe_params(config.probe.kind, params, config.seed)
+    from probes.pipeline.second_opinions import validate_second_opinions
+
+    lines.extend(validate_second_opinions(config))
     model = config.model.name_or_path
     if config.model.is_package:
         lines.append(f"model   {model} → {resolve_model_path(model)}")
