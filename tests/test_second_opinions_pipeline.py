@@ -167,7 +167,7 @@ def test_a_run_with_detectors_and_a_judge_cascade_on_stories260k(
 
     # probes evaluate: the bundle's detectors on a set they never saw, with a second benign set.
     out = invoke(
-        "evaluate", str(result.run_dir), "--data", "datasets/emotion_genuine_vs_roleplay",
+        "evaluate", str(result.run_dir), "--data", "datasets/story_moods",
         "--control", "datasets/benign_control", "--benign", "datasets/true_false_statements", "--limit", "60",
     )  # fmt: skip
     assert out.exit_code == EXIT_OK, out.output
@@ -176,5 +176,7 @@ def test_a_run_with_detectors_and_a_judge_cascade_on_stories260k(
     det = {d["name"]: d for d in evaluation["detectors"]}
     assert set(det) == {"maha", "near"}
     (novel,) = det["maha"]["novel"]
-    assert novel["name"] == "emotion_genuine_vs_roleplay" and 0.0 <= novel["auroc"] <= 1.0
+    # The stories' sad turns are *less* unusual than benign chats to a detector fitted on calm stories.
+    assert novel["name"] == "story_moods" and novel["n"] == 21 and novel["auroc"] < 0.5
+    assert det["maha"]["benign"]["name"] == "benign_control" and det["maha"]["benign"]["n"] == 60
     assert det["maha"]["shifted"][0]["name"] == "true_false_statements"
