@@ -180,3 +180,13 @@ def test_a_run_with_detectors_and_a_judge_cascade_on_stories260k(
     assert novel["name"] == "story_moods" and novel["n"] == 21 and novel["auroc"] < 0.5
     assert det["maha"]["benign"]["name"] == "benign_control" and det["maha"]["benign"]["n"] == 60
     assert det["maha"]["shifted"][0]["name"] == "true_false_statements"
+
+    # Stage 2 a multi-layer probe instead (the activations are cached): fitted on train, read at every site.
+    raw = {**raw, "detectors": [], "evaluation": {**raw["evaluation"], "plots": False}}
+    raw["stages"] = {"stage2": {"kind": "probe", "probe": "stacked", "params": {"C": 0.1, "cv": 3}},
+                     "escalation": 0.25, "curve": [0.0, 1.0], "target_fpr": 0.1}  # fmt: skip
+    again = run(config_from_dict(raw))
+    cascade = again.second_opinions.cascade
+    assert cascade.stages[1] == "stacked probe @ layers.2+layers.3+layers.4"
+    assert cascade.curve.costs[1].flops == 3 * stage1["flops"]  # one linear map per site, three sites
+    assert [p.target_escalation for p in cascade.curve.points] == [0.0, 0.25, 1.0]
