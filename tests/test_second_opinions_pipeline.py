@@ -33,7 +33,12 @@ def _config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
         "layers": [2, 3, 4],
         "pooling": "mean",
         "probe": {"kind": "logistic", "params": {"C": 0.1}},
-        "evaluation": {"target_fprs": [0.05], "bootstrap": 20, "text_baselines": False, "length_baseline": False},
+        "evaluation": {
+            "target_fprs": [0.05],
+            "bootstrap": 20,
+            "text_baselines": False,
+            "length_baseline": False,
+        },
         "cache_dir": str(tmp_path / "cache"),
         "output_dir": str(tmp_path / "runs"),
         "tracking": {"enabled": False},
@@ -59,7 +64,10 @@ def _write(tmp_path: Path, raw: dict[str, Any]) -> Path:
         ({"stages": {"stage2": {"kind": "probe", "probe": "knn"}}}, "put it in detectors"),
         ({"stages": {"stage2": {"kind": "probe", "probe": "stacked", "model": "x"}}}, "only a judge stage"),
         ({"stages": {"stage2": {"kind": "judge", "modle": "x"}}}, "did you mean 'model'"),
-        ({"stages": {"stage2": {"kind": "judge"}, "curve": [1.5]}}, "escalation fractions must lie in [0, 1]"),
+        (
+            {"stages": {"stage2": {"kind": "judge"}, "curve": [1.5]}},
+            "escalation fractions must lie in [0, 1]",
+        ),
         ({"stages": {"stage2": {"kind": "judge"}}, "pooling": "tokens"}, "stages: read pooled activations"),
     ],
 )
