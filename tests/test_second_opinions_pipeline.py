@@ -156,6 +156,19 @@ def test_a_run_with_detectors_and_a_judge_cascade_on_stories260k(
     bundle = ProbeBundle.load(result.bundle_dir)
     assert [e.name for e in bundle][1:] == ["maha", "near"]
     assert bundle["maha"].threshold_for(0.05).value == pytest.approx(r["threshold"])
+    # The run's bundle (probe + detectors) monitors generations: calibrated per generation (max over tokens)
+    # on benign continuations, the detector's held-out interrupt rate is inside its interval at the target.
+    import probes
+    from probes.monitor.calibrate import calibrate_generation
+
+    model, tok = probes.load_model(str(STORIES))
+    calm = probes.load_dataset("datasets/story_moods").filter(lambda e: e.conditions["part"] == "control")
+    cal = calibrate_generation(
+        bundle, model, tok, calm, target_rates=[0.2], n=80, max_new_tokens=16, batch_size=16, progress=False
+    )
+    maha_cal = {c.probe: c for c in cal.probes}["maha"]
+    lo, hi = maha_cal.holdout_interval
+    assert maha_cal.n_holdout >= 30 and lo <= 0.2 <= hi
 
     # Cascade: the escalated share on validation hits each target; stage 2 costs far more per decision.
     cascade = report["cascade"]
