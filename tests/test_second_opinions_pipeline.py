@@ -202,6 +202,13 @@ def test_a_run_with_detectors_and_a_judge_cascade_on_stories260k(
     assert det["maha"]["benign"]["name"] == "benign_control" and det["maha"]["benign"]["n"] == 60
     assert det["maha"]["shifted"][0]["name"] == "true_false_statements"
 
+    # probes train puts the detectors in its bundle too (the activations are cached).
+    from probes.pipeline import train_stage
+
+    trained = ProbeBundle.load(train_stage(config_from_dict(raw)).bundle_dir)
+    assert [e.name for e in trained][1:] == ["maha", "near"]
+    assert trained["near"].threshold_for(0.05).value == pytest.approx(near["report"]["threshold"])
+
     # Stage 2 a multi-layer probe instead (the activations are cached): fitted on train, read at every site.
     raw = {**raw, "detectors": [], "evaluation": {**raw["evaluation"], "plots": False}}
     raw["stages"] = {"stage2": {"kind": "probe", "probe": "stacked", "params": {"C": 0.1, "cv": 3}},

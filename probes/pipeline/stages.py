@@ -69,8 +69,13 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
                 reporter.warn(f"control set too small for target FPR {fpr:g}: no threshold stored for it.")
     else:
         reporter.warn("no control set: the bundle has no threshold (set data.control to calibrate one).")
+    from probes.pipeline.detectors import add_detectors_to_bundle, fit_detectors
+
+    detectors = fit_detectors(prep, site, reporter)  # detectors: go in the bundle beside the probe
     run_dir = _new_run_dir(config)
     bundle_dir = _save_bundle(prep, probe, site, run_dir, thresholds, None, {"probe_params": params})
+    if prep.control_ds is not None:
+        bundle_dir = add_detectors_to_bundle(bundle_dir, detectors, prep.control_ds.name, config.pooling)
     _write_json(
         run_dir / "sweep.json", {"chosen_layer": site, "selected_on": "validation AUROC", "sweep": rows}
     )
