@@ -10,8 +10,10 @@ A run, step by step::
 
 The modules follow those steps: ``prepare`` (datasets, splits, model, activations), ``sweep`` (choosing the
 layer and grid point on validation), ``runner`` (``run``: evaluation, baselines, generalisation, tracking),
-``outputs`` (run folder, bundle, JSON reports), ``stages`` (the CLI stages and ``validate_*``) and
-``results`` (the result objects and the ``Reporter`` protocol). Heavy imports (torch, transformers, mlflow)
+``outputs`` (run folder, bundle, JSON reports), ``stages`` (the CLI stages and ``validate_*``),
+``results`` (the result objects and the ``Reporter`` protocol), and beside the probe ``detectors``
+(``detectors:``, fitted on benign control rows only) and ``cascade`` (``stages:``), joined by
+``second_opinions``. Heavy imports (torch, transformers, mlflow)
 happen inside functions, so importing this package is instant.
 """
 
