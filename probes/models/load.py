@@ -104,8 +104,11 @@ def load_model(
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    from probes.models import grokking
     from probes.models.gguf import converted_folder, find_gguf
     from probes.models.packages import resolve_package
+
+    grokking.register()  # the project's own grokking model (models/grokking_113) loads like any folder
 
     if kind not in ("auto", "causal", "encoder"):
         raise ValueError(f"kind={kind!r} is not supported; use 'auto', 'causal' or 'encoder'.")
