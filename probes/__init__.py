@@ -50,6 +50,8 @@ _EXPORTS: dict[str, str] = {
     "KNNDetector": "probes.train",
     "Cascade": "probes.train",
     "LMJudge": "probes.train",
+    "RidgeProbe": "probes.train",
+    "SparseProbe": "probes.train",
     "save_probe": "probes.train",
     "load_probe": "probes.train",
     # evaluate
@@ -61,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "length_baseline": "probes.evaluation",
     "evaluate_detector": "probes.evaluation",
     "cascade_curve": "probes.evaluation",
+    "evaluate_regression": "probes.evaluation",
+    "RegressionReport": "probes.evaluation",
     # package / monitor
     "ProbeBundle": "probes.package",
     "Monitor": "probes.monitor",
@@ -97,9 +101,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from probes.data import ContrastDataset, Example, Message, Target, load_dataset
     from probes.evaluation import (
         EvalReport,
+        RegressionReport,
         cascade_curve,
         evaluate,
         evaluate_detector,
+        evaluate_regression,
         generalization_matrix,
         layer_sweep,
         length_baseline,
@@ -121,6 +127,8 @@ if TYPE_CHECKING:  # pragma: no cover
         MahalanobisDetector,
         MLPProbe,
         PCAResidualDetector,
+        RidgeProbe,
+        SparseProbe,
         StackedProbe,
         TokenProbe,
         load_probe,

@@ -76,6 +76,8 @@ class Activations:
     ids: list[str]
     groups: list[str | None]
     spec: dict[str, Any] = field(default_factory=dict)  # model fingerprint, pooling, max_length, dtype, ...
+    #: numeric targets of regression probes, name -> ``(n,)`` float64 (the dataset's ``target_value``)
+    values: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __getitem__(self, site: str | int) -> Features:
         key = f"layers.{site}" if isinstance(site, int) else site
@@ -89,6 +91,18 @@ class Activations:
     @property
     def layers(self) -> list[str]:
         return list(self.features)
+
+    def target_values(self, name: str | None = None) -> tuple[str, np.ndarray]:
+        """``(name, values)`` of the numeric target ``name`` (default: the only one)."""
+        if not self.values:
+            raise KeyError("These activations carry no target values; collect a dataset with target_value.")
+        if name is None:
+            if len(self.values) > 1:
+                raise KeyError(f"Several target values ({', '.join(self.values)}); pick one by name.")
+            name = next(iter(self.values))
+        if name not in self.values:
+            raise KeyError(f"No target value {name!r}; have: {', '.join(self.values)}.")
+        return name, self.values[name]
 
     @property
     def pooling(self) -> str:
@@ -105,4 +119,5 @@ class Activations:
             ids=[self.ids[i] for i in idx],
             groups=[self.groups[i] for i in idx],
             spec=dict(self.spec),
+            values={k: v[idx] for k, v in self.values.items()},
         )

@@ -263,4 +263,5 @@ def collect(
         ids=ids,
         groups=list(dataset.groups),
         spec=spec,
+        values={n: dataset.target_values(n) for n in dataset.value_names},
     )

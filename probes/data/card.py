@@ -29,7 +29,8 @@ class DatasetCard(BaseModel):
     name: str
     label_names: tuple[str, str]
     # "control": a calibration set that may hold a single class (e.g. benign rows only, for FPR thresholds).
-    kind: Literal["contrast", "control"] = "contrast"
+    # "regress": rows carry a numeric target_value (label optional) for regression probes.
+    kind: Literal["contrast", "control", "regress"] = "contrast"
     description: str = ""
     source: str = ""
     license: str = ""

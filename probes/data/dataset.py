@@ -84,6 +84,29 @@ class ContrastDataset:
         return np.asarray([ex.label for ex in self.examples], dtype=np.int64)
 
     @property
+    def value_names(self) -> list[str]:
+        """Names of the numeric targets (``target_value``) the rows carry, in first-row order."""
+        return list(self.examples[0].values) if self.examples else []
+
+    def target_values(self, name: str | None = None) -> np.ndarray:
+        """The numeric target ``name`` (default: the only one) of every row, ``(n,)`` float64."""
+        from probes.errors import DatasetError
+
+        names = self.value_names
+        if not names:
+            raise DatasetError(f"{self.name}: the rows carry no target_value; a regression probe needs one.")
+        if name is None:
+            if len(names) > 1:
+                raise DatasetError(f"{self.name}: rows carry values {names}; pick one by name.")
+            name = names[0]
+        missing = [ex.id for ex in self.examples if name not in ex.values]
+        if missing:
+            raise DatasetError(
+                f"{self.name}: rows {missing[:5]} have no target_value {name!r} (have: {names})."
+            )
+        return np.asarray([ex.values[name] for ex in self.examples], dtype=np.float64)
+
+    @property
     def ids(self) -> list[str]:
         return [ex.id for ex in self.examples]
 
@@ -297,6 +320,8 @@ class ContrastDataset:
 
 def _canonical_row(ex: Example) -> str:
     row = asdict(ex)
+    if not row["values"]:
+        del row["values"]  # rows without numeric targets keep the fingerprint they had before values existed
     return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 

@@ -90,6 +90,7 @@ def load_dataset(
     card: DatasetCard | str | Path | None = None,
     kind: str | None = None,
     hf_split: str = "train",
+    target_value: str | None = None,
     **hf_kwargs: Any,
 ) -> ContrastDataset:
     """Load a contrast dataset from a folder, a ``.jsonl``/``.csv``/``.parquet`` file, or a Hugging Face
@@ -100,10 +101,11 @@ def load_dataset(
     condition tags. ``label_names=[negative, positive]`` overrides the card's; without a card they default
     to a two-class ``ClassLabel``'s names or ``("0", "1")``. ``card`` gives a card (object or file) for a
     source without one. ``kind="control"`` (or ``kind: control`` in the card) accepts a single-class
-    calibration set. ``hf_split`` and ``**hf_kwargs`` go to ``datasets.load_dataset`` for Hub ids.
+    calibration set; ``kind="regress"`` a regression set, whose rows carry a numeric ``target_value`` (a
+    number, or an object of named numbers; ``target_value=`` names its column) and need no label. ``hf_split`` and ``**hf_kwargs`` go to ``datasets.load_dataset`` for Hub ids.
     """
     fields = {"text": text, "messages": messages, "label": label, "id": id, "group": group, "split": split}
-    mapping = ColumnMapping({**fields, "target": target}, conditions)
+    mapping = ColumnMapping({**fields, "target": target, "target_value": target_value}, conditions)
     common: dict[str, Any] = {"card": card, "label_names": label_names, "hf_split": hf_split, "kind": kind}
     if not isinstance(path_or_name, str | Path):
         return _load_hf_object(path_or_name, mapping, name=name, **common)

@@ -7,6 +7,7 @@ row (id, text or messages, label, group, split, conditions, target, meta) and ra
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,7 +25,7 @@ from probes.data.render import plain_target_text
 from probes.data.types import Example, Message, Target
 from probes.errors import DatasetError
 
-FIELDS = ("id", "text", "messages", "label", "group", "conditions", "target", "split", "meta")
+FIELDS = ("id", "text", "messages", "label", "group", "conditions", "target", "split", "meta", "target_value")
 
 
 class ColumnMapping:
@@ -42,6 +43,41 @@ class ColumnMapping:
 
     def used(self) -> set[str]:
         return set(self.columns.values()) | set(self.condition_columns)
+
+
+def _number(value: Any) -> float | None:
+    value = to_plain(value)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        out = float(value)
+    elif isinstance(value, str):
+        try:
+            out = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return out if math.isfinite(out) else None
+
+
+def parse_values(raw: Any, where: str, field: str, errors: RowErrors) -> dict[str, float]:
+    """``target_value`` as ``{name: value}``: a bare number is named ``"value"``."""
+    if isinstance(raw, dict):
+        items = list(raw.items())
+        if not items:
+            errors.add(where, f"field {field!r} is an empty object; give at least one named number")
+    else:
+        items = [("value", raw)]
+    out: dict[str, float] = {}
+    for name, value in items:
+        number = _number(value)
+        label = field if name == "value" and not isinstance(raw, dict) else f"{field}.{name}"
+        if number is None:
+            errors.add(where, f"field {label!r}: {to_plain(value)!r} is not a finite number")
+        else:
+            out[str(name)] = number
+    return out
 
 
 def parse_rows(
@@ -66,7 +102,18 @@ def parse_rows(
         n_before = errors.total
         columns = list(raw)
         if check_typos:
-            for f in ("text", "messages", "label", "group", "conditions", "target", "split", "id", "meta"):
+            for f in (
+                "text",
+                "messages",
+                "label",
+                "group",
+                "conditions",
+                "target",
+                "split",
+                "id",
+                "meta",
+                "target_value",
+            ):
                 c = cols[f]
                 if c in raw:
                     continue
@@ -127,7 +174,9 @@ def parse_rows(
         # label
         label_raw = raw.get(cols["label"])
         label: int | None = None
-        if cols["label"] not in raw or is_missing(label_raw):
+        if kind == "regress" and (cols["label"] not in raw or is_missing(label_raw)):
+            label = 0  # a regression row needs no class; its target is target_value
+        elif cols["label"] not in raw or is_missing(label_raw):
             hint = near_miss(cols["label"], columns) if cols["label"] not in raw else None
             fix = (
                 f"did you mean {hint!r}? pass label={hint!r}"
@@ -143,6 +192,21 @@ def parse_rows(
                     f"field {cols['label']!r}: unknown label {to_plain(label_raw)!r}; use one of "
                     f"{list(label_names)} (or 0/1, false/true), or set label_names in the card",
                 )
+
+        # target_value: a number, or an object of named numbers
+        values: dict[str, float] = {}
+        v_raw = raw.get(cols["target_value"])
+        if not is_missing(v_raw):
+            if isinstance(v_raw, str) and v_raw.lstrip().startswith("{"):  # named values in a CSV cell
+                v_raw = json_cell(v_raw, where, cols["target_value"], errors)
+            if v_raw is not None:
+                values = parse_values(v_raw, where, cols["target_value"], errors)
+        elif kind == "regress":
+            errors.add(
+                where,
+                f"missing field {cols['target_value']!r}: a regression dataset needs a number (or an object of "
+                "named numbers) in every row",
+            )
 
         # group, split
         group = raw.get(cols["group"])
@@ -203,6 +267,7 @@ def parse_rows(
             target=target,
             split=split,
             meta=meta,
+            values=values,
         )
         if target is not None:
             if text is not None and (target.message is not None or target.role is not None):
@@ -219,6 +284,14 @@ def parse_rows(
         examples.append(ex)
 
     errors.raise_if_any()
+    if kind == "regress":
+        names = {tuple(sorted(ex.values)) for ex in examples}
+        if len(names) > 1:
+            raise DatasetError(
+                f"{origin}, field {cols['target_value']!r}: rows name different values {sorted(names)}; every "
+                "row must give the same named values"
+            )
+        return examples
     labels = {ex.label for ex in examples}
     if len(labels) < 2 and kind != "control":
         only = labels.pop()

@@ -48,6 +48,8 @@ class Example:
     target: Target | None = None
     split: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    #: numeric targets of regression probes (``target_value`` in the data): name -> value
+    values: dict[str, float] = field(default_factory=dict)
 
     @property
     def is_chat(self) -> bool:

@@ -14,6 +14,8 @@
 - :func:`evaluate_detector` -> :class:`DetectorReport`: anomaly detectors on novel sets they never saw
   (AUROC against benign, detection rate at the calibrated threshold) and false alarms on benign sets from
   other sources (distribution shift, reported with exact intervals).
+- :func:`evaluate_regression` -> :class:`RegressionReport`: R² and Pearson r of a regression probe with
+  grouped bootstrap CIs, how many coordinates carry the signal, a predicted-vs-true plot.
 - :func:`cascade_curve` -> :class:`CascadeCurve`: recall at a fixed FPR of a probe -> judge cascade versus the
   share of rows escalated, with each stage's compute per decision (:class:`StageCost`).
 """
@@ -47,6 +49,7 @@ from probes.evaluation.metrics import (
     clopper_pearson,
     with_ci,
 )
+from probes.evaluation.regression import RegressionReport, evaluate_regression, pearson_r, r2
 from probes.evaluation.report import EvalReport
 from probes.evaluation.sweep import GeneralizationResult, SweepResult, generalization_matrix, layer_sweep
 from probes.evaluation.thresholds import (
@@ -74,10 +77,14 @@ __all__ = [
     "IsotonicCalibrator",
     "OperatingPoint",
     "PlattCalibrator",
+    "RegressionReport",
     "SweepResult",
     "ThresholdTransfer",
     "accuracy",
     "auprc",
+    "evaluate_regression",
+    "pearson_r",
+    "r2",
     "auroc",
     "bootstrap_ci",
     "bootstrap_indices",

@@ -14,6 +14,8 @@
 ``KNNDetector``        anomaly detector: distance to the k-th nearest benign row (sklearn or faiss)
 ``Cascade``            escalation band + threshold of a probe -> judge cascade, chosen on validation
 ``LMJudge``            a chat LM asked a yes/no question, scored by log P("yes")
+``RidgeProbe``         L2 linear regression of a continuous target (R² by grouped CV if asked)
+``SparseProbe``        L1 (Lasso) regression: fixed alpha, CV alpha, or at most k coordinates off the path
 ``save_probe``         one ``.safetensors`` file (tensors + JSON metadata); ``load_probe`` reads it back
 =====================  ==============================================================================
 
@@ -33,6 +35,7 @@ from probes.train.judge import LMJudge
 from probes.train.linear import DiffMeansProbe, LogisticProbe, fit_logistic_many
 from probes.train.mlp import MLPProbe
 from probes.train.multilayer import ConcatProbe, MultiSiteProbe, StackedProbe
+from probes.train.regression import RegressionProbe, RidgeProbe, SparseProbe
 from probes.train.token import AttentionProbe, TokenProbe
 
 __all__ = [
@@ -53,6 +56,10 @@ __all__ = [
     "PCAResidualDetector",
     "PROBE_KINDS",
     "Probe",
+    "REGRESSION_KINDS",
+    "RegressionProbe",
+    "RidgeProbe",
+    "SparseProbe",
     "StackedProbe",
     "TokenProbe",
     "fit_logistic_many",
@@ -71,6 +78,12 @@ PROBE_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
     "mlp": (MLPProbe, {}),
     "token": (TokenProbe, {}),
     "attention": (AttentionProbe, {}),
+}
+
+#: Regression probes (``task: regress``): fitted on a numeric target, scored as the predicted value.
+REGRESSION_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
+    "ridge": (RidgeProbe, {}),
+    "sparse": (SparseProbe, {}),
 }
 
 #: Anomaly detectors: fitted on benign rows only (``fit(X)``), scored as conformal p-values.
