@@ -8,6 +8,7 @@ The pipeline is the package layout::
     probes.train       probes with the scikit-learn contract (linear, mass-mean, MLP, token, attention,
                        multi-layer), anomaly detectors, cascades and LM judges
     probes.evaluation  AUROC with CIs, recall at a control-set FPR, calibration, baselines, plots
+    probes.lens        the logit lens and the tuned lens (what each layer would predict)
     probes.package     probe bundles (safetensors + JSON, model fingerprint)
     probes.monitor     streaming monitors that score every generated token and stop generation
     probes.generate    on-policy datasets: the model's own replies to a dataset's prompts
@@ -65,6 +66,10 @@ _EXPORTS: dict[str, str] = {
     "cascade_curve": "probes.evaluation",
     "evaluate_regression": "probes.evaluation",
     "RegressionReport": "probes.evaluation",
+    # lenses
+    "logit_lens": "probes.lens",
+    "TunedLens": "probes.lens",
+    "LensResult": "probes.lens",
     # package / monitor
     "ProbeBundle": "probes.package",
     "Monitor": "probes.monitor",
@@ -112,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
         text_baseline,
     )
     from probes.generate import SamplingSettings, generate_dataset
+    from probes.lens import LensResult, TunedLens, logit_lens
     from probes.models import load_model
     from probes.monitor import Monitor, Trace
     from probes.package import ProbeBundle

@@ -36,7 +36,7 @@ EXIT_BAD_INPUT = 2
 EXIT_TRACKING = 3
 
 # ----------------------------------------------------------------------------------------------------------
-# `probes monitor` and `probes generate`: registered by <module>.register(app), loaded only when invoked
+# `probes monitor`, `probes generate` and `probes lens`: registered by <module>.register(app), loaded only when invoked
 # (they import torch; `probes --help` must not).
 
 _LAZY_COMMANDS = {
@@ -51,6 +51,10 @@ _LAZY_COMMANDS = {
     "generate": (
         "probes/generate/cli.py",
         "Sample a model's own replies to a dataset's prompts: an on-policy dataset (probes generate --help).",
+    ),
+    "lens": (
+        "probes/lens/cli.py",
+        "Print and plot the logit (or tuned) lens of a prompt: the top token at every layer (probes lens --help).",
     ),
 }
 
