@@ -150,3 +150,52 @@ def test_regression_dataset_bad_values_name_file_line_and_field(tmp_path: Path) 
     assert "data.jsonl, line 2:" in msg and "'target_value': 'many' is not a finite number" in msg
     assert "data.jsonl, line 3:" in msg and "missing field 'target_value'" in msg
     assert "data.jsonl, line 4:" in msg and "'target_value.chars'" in msg
+
+
+def test_regress_pipeline_end_to_end(stories_path: Path, tmp_path: Path) -> None:
+    """task: regress on the real stories260K: how many words a story opening has, read at its last token."""
+    rng = np.random.default_rng(0)
+    words = ["the", "dog", "ran", "to", "a", "big", "red", "ball", "and", "sat", "down", "happy"]
+    rows = []
+    for i in range(120):
+        n = int(rng.integers(2, 25))
+        rows.append(
+            {
+                "id": str(i),
+                "text": " ".join(rng.choice(words, n)),
+                "group": str(i // 2),
+                "target_value": {"words": n},
+            }
+        )
+    data = _write(tmp_path / "counts", rows)
+    config = tmp_path / "count.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "count",
+                "task": "regress",
+                "target_value": "words",
+                "model": {"name_or_path": str(stories_path), "dtype": "float32", "device": "cpu"},
+                "data": {"train": {"path": str(data)}, "max_length": 64},
+                "layers": [1, 5],
+                "pooling": "last",
+                "probe": {"kind": "ridge", "params": {"cv": 3}},
+                "evaluation": {"bootstrap": 100},
+                "cache_dir": None,
+                "output_dir": str(tmp_path / "runs"),
+                "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            }
+        )
+    )
+    result = probes.run(probes.load_config(config))
+    assert result.layer in ("layers.1", "layers.5") and result.target == "words"
+    assert result.test.r2 > 0.5, str(result.test)  # position is linearly readable from the residual
+    assert (result.run_dir / "plots" / "predicted_vs_true.png").is_file()
+    assert json.loads((result.run_dir / "report.json").read_text())["test"]["n"] == result.test.n
+    assert isinstance(probes.load_probe(result.probe_path), probes.RidgeProbe)
+    assert result.tracking.tracked, result.tracking.message
+    assert "R²" in result.table()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(config.read_text().replace("kind: ridge", "kind: logistic"))
+    with pytest.raises(probes.errors.ConfigError, match="regression probe"):
+        probes.run(probes.load_config(bad))

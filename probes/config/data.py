@@ -20,6 +20,7 @@ class FieldMapping(Strict):
     group: str | None = None
     split: str | None = None
     target: str | None = None
+    target_value: str | None = None
 
 
 class DatasetSpec(Strict):

@@ -24,6 +24,14 @@ class RunConfig(Strict):
     seed: int = Field(0, description="Seeds splits, subsampling, probe fitting and bootstrap.")
     model: ModelConfig
     data: DataConfig
+    task: Literal["classify", "regress"] = Field(
+        "classify",
+        description="'classify': a probe for a binary label; 'regress': a ridge/sparse probe for a numeric "
+        "target_value (the rows' target_value; see target_value).",
+    )
+    target_value: str | None = Field(
+        None, description="task: regress: which named target_value to fit (default: the rows' only one)."
+    )
     layers: Literal["all"] | list[LayerItem] | LayerRange = Field(
         "all", description="'all', a list of layer indices / site names, or {start, stop, step}."
     )

@@ -16,6 +16,8 @@
   other sources (distribution shift, reported with exact intervals).
 - :func:`evaluate_regression` -> :class:`RegressionReport`: R² and Pearson r of a regression probe with
   grouped bootstrap CIs, how many coordinates carry the signal, a predicted-vs-true plot.
+- Fourier tools for modular-arithmetic models (:func:`key_frequencies`, :func:`excluded_loss`, ...): the
+  grokking known-answer test.
 - :func:`cascade_curve` -> :class:`CascadeCurve`: recall at a fixed FPR of a probe -> judge cascade versus the
   share of rows escalated, with each stage's compute per decision (:class:`StageCost`).
 """
@@ -40,6 +42,13 @@ from probes.evaluation.calibration import (
 from probes.evaluation.cascade import CascadeCurve, CascadePoint, StageCost, cascade_curve, measure_seconds
 from probes.evaluation.core import evaluate
 from probes.evaluation.detector import DetectorReport, FlagRate, NovelResult, evaluate_detector
+from probes.evaluation.fourier import (
+    excluded_loss,
+    fourier_basis,
+    fourier_targets,
+    frequency_norms,
+    key_frequencies,
+)
 from probes.evaluation.metrics import (
     accuracy,
     auprc,
@@ -83,6 +92,11 @@ __all__ = [
     "accuracy",
     "auprc",
     "evaluate_regression",
+    "excluded_loss",
+    "fourier_basis",
+    "fourier_targets",
+    "frequency_norms",
+    "key_frequencies",
     "pearson_r",
     "r2",
     "auroc",

@@ -46,6 +46,10 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     from probes.pipeline.second_opinions import second_opinions
 
     reporter = reporter or LogReporter()
+    if config.task == "regress":  # its own path, built from public functions
+        from probes.pipeline.regress import run_regression
+
+        return run_regression(config, reporter=reporter)  # type: ignore[return-value]
     check_stage_models(config.stages, config.source or "config")  # before anything is collected
     prep = _prepare(config, reporter)
     timings = prep.timings

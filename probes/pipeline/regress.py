@@ -1,0 +1,257 @@
+"""``task: regress`` runs: read a quantity off activations with a regression probe.
+
+load the dataset (``kind: regress``: rows carry a numeric ``target_value``) -> grouped train/val/test split ->
+collect every requested site once (cached) -> fit a ``ridge`` or ``sparse`` probe per site -> choose the site
+by validation R² -> evaluate on test (R² and Pearson r with grouped bootstrap CIs, how many coordinates
+carry the signal) -> ``report.json``, a layer sweep, a predicted-vs-true plot and the probe file in the run
+folder -> MLflow. Built from public functions only; :func:`probes.pipeline.run` sends ``task: regress`` here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probes.config import RunConfig
+from probes.errors import ConfigError
+
+
+@dataclass
+class RegressionRunResult:
+    """What a ``task: regress`` run produced."""
+
+    config: RunConfig
+    run_dir: Path
+    layer: str
+    target: str
+    sweep: list[dict[str, Any]]
+    test: Any  # RegressionReport
+    probe_path: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    tracking: Any = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "task": "regress",
+            "run_dir": str(self.run_dir),
+            "layer": self.layer,
+            "target": self.target,
+            "test": self.test.as_dict(),
+            "sweep": self.sweep,
+            "probe": str(self.probe_path),
+            "timings": self.timings,
+        }
+
+    def table(self) -> str:
+        lines = [f"Regression sweep for {self.target!r} (chosen on validation R²: {self.layer})"]
+        lines.append(f" {'layer':<12} {'val R²':>8} {'coords':>7}")
+        for row in self.sweep:
+            mark = " *" if row["layer"] == self.layer else ""
+            lines.append(f" {row['layer']:<12} {row['val_r2']:>8.3f} {row['n_coordinates']:>7}{mark}")
+        return "\n".join(lines) + "\n\nTest set\n" + str(self.test)
+
+
+def run_regression(config: RunConfig, *, reporter: Any = None) -> RegressionRunResult:
+    """Run a ``task: regress`` config end to end (see the module docstring)."""
+    from probes.collection import collect
+    from probes.config import resolve_model_path
+    from probes.evaluation import evaluate_regression
+    from probes.evaluation.regression import r2
+    from probes.models import load_model, model_fingerprint
+    from probes.models.sites import num_layers
+    from probes.pipeline.results import LogReporter
+    from probes.train import REGRESSION_KINDS, save_probe
+
+    reporter = reporter or LogReporter()
+    timings: dict[str, float] = {}
+    kind = config.probe.kind
+    if kind not in REGRESSION_KINDS:
+        raise ConfigError(
+            f"task: regress needs a regression probe: probe.kind must be one of {sorted(REGRESSION_KINDS)}, "
+            f"not {kind!r}."
+        )
+    cls, defaults = REGRESSION_KINDS[kind]
+    t0 = time.perf_counter()
+    with reporter.stage("Loading the dataset"):
+        ds = _load_regress(config)
+        names = ds.value_names
+        if not names:
+            raise ConfigError(
+                f"task: regress: {ds.source} has no target_value in its rows; add one or use task: classify."
+            )
+        target = config.target_value or (names[0] if len(names) == 1 else None)
+        if target is None or target not in names:
+            raise ConfigError(
+                f"task: regress: set target_value to one of the dataset's values {names} (got {config.target_value!r})."
+            )
+        s = config.data.splits
+        parts = ds.split(
+            {"train": s.train, "val": s.val, "test": s.test},
+            seed=config.seed,
+            holdout=s.holdout or None,
+            use_column=False,
+        )
+    with reporter.stage(f"Loading {config.model.name_or_path}"):
+        m = config.model
+        model, tokenizer = load_model(
+            resolve_model_path(m.name_or_path),
+            dtype=m.dtype,
+            device=m.device,
+            revision=m.revision,
+            layers_attr=m.layers_attr,
+        )
+        sites = config.layer_sites(num_layers(model))
+    timings["load"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    acts = {}
+    for name, part in parts.items():
+        with reporter.stage(f"Collecting {name} ({len(part)} rows, {len(sites)} sites)"):
+            acts[name] = collect(
+                model,
+                tokenizer,
+                part,
+                sites,
+                config.pooling,
+                batch_size=config.batch_size,
+                max_length=config.data.max_length,
+                cache_dir=config.cache_dir,
+                progress=False,
+            )
+    timings["collect"] = round(time.perf_counter() - t0, 3)
+
+    t0 = time.perf_counter()
+    sweep, fitted = [], {}
+    y_train, y_val = acts["train"].values[target], acts["val"].values[target]
+    with reporter.stage(f"Fitting a {kind} probe at {len(sites)} sites"):
+        for site in sites:
+            probe = cls(**{**defaults, **config.probe.params}).fit(
+                acts["train"][site], y_train, groups=acts["train"].groups
+            )
+            fitted[site] = probe
+            sweep.append(
+                {
+                    "layer": site,
+                    "val_r2": r2(y_val, probe.predict(acts["val"][site])),
+                    "n_coordinates": probe.n_nonzero_,
+                }
+            )
+    best = max(sweep, key=lambda r: np.nan_to_num(r["val_r2"], nan=-np.inf))["layer"]
+    timings["sweep"] = round(time.perf_counter() - t0, 3)
+    reporter.info(f"chosen on validation: {best}")
+    report = evaluate_regression(
+        fitted[best],
+        acts["test"],
+        layer=best,
+        target=target,
+        n_bootstrap=config.evaluation.bootstrap,
+        seed=config.seed,
+    )
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.output_dir) / f"{config.run_name}-{stamp}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(config.output_dir) / f"{config.run_name}-{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(config.to_yaml())
+    probe_path = save_probe(fitted[best], run_dir / "probe.safetensors")
+    if config.evaluation.plots:
+        plots = run_dir / "plots"
+        report.plots(plots)
+        _sweep_plot(sweep, plots / "layer_sweep.png", target)
+    result = RegressionRunResult(config, run_dir, best, target, sweep, report, probe_path, timings)
+    data = {**result.summary(), "model": model_fingerprint(model), "dataset": ds.fingerprint()}
+    (run_dir / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
+    if config.tracking.enabled:
+        with reporter.stage("Logging to MLflow"):
+            result.tracking = _track(result, config)
+        if not result.tracking.tracked:
+            reporter.warn(result.tracking.message)
+    return result
+
+
+def _load_regress(config: RunConfig) -> Any:
+    """The training dataset read as ``kind: regress`` (label optional, target_value required in every row)."""
+    import dataclasses
+
+    from probes.data import ContrastDataset, load_dataset
+
+    spec = config.data.train
+    kwargs = {**spec.load_kwargs(), "kind": "regress"}
+    parts = [load_dataset(p.removeprefix("hf:"), hf_split=spec.hf_split, **kwargs) for p in spec.paths]
+    ds = parts[0]
+    if len(parts) > 1:
+        ds = ContrastDataset(
+            [ex for d in parts for ex in d], ds.card, source=" + ".join(d.source for d in parts)
+        )
+    if spec.where:
+        where = spec.where
+        ds = ds.filter(lambda ex: all(ex.conditions.get(k) in set(v) for k, v in where.items()))
+    if config.data.target == "all":
+        ds = ContrastDataset([dataclasses.replace(ex, target=None) for ex in ds], ds.card, source=ds.source)
+    if spec.limit is not None and spec.limit < len(ds):
+        frac = spec.limit / len(ds)
+        ds = ds.split({"keep": frac, "rest": 1.0 - frac}, seed=config.seed, use_column=False)["keep"]
+    return ds
+
+
+def _sweep_plot(sweep: list[dict[str, Any]], path: Path, target: str) -> Path:
+    from probes.evaluation.plots import _figure, _save
+
+    fig = _figure(figsize=(6, 3.4))
+    ax = fig.subplots()
+    ax.plot(range(len(sweep)), [r["val_r2"] for r in sweep], marker="o")
+    ax.set_xticks(range(len(sweep)), [r["layer"] for r in sweep], rotation=45, fontsize=7)
+    ax.set_ylabel("validation R²")
+    ax.set_title(f"{target}: R² by site")
+    return _save(fig, path)
+
+
+def _track(result: RegressionRunResult, config: RunConfig) -> Any:
+    """Log params, the per-site sweep, test metrics and the run folder to MLflow; never fails the run."""
+    from types import SimpleNamespace
+
+    from probes.track import default_tracking_uri
+
+    uri = config.tracking.tracking_uri or default_tracking_uri()
+    try:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(config.tracking.experiment)
+        with mlflow.start_run(run_name=result.run_dir.name) as run:
+            mlflow.log_params({k: v[:500] for k, v in list(config.flat().items())[:200]})
+            for i, row in enumerate(result.sweep):
+                mlflow.log_metric("val_r2", float(np.nan_to_num(row["val_r2"])), step=i)
+            t = result.test
+            mlflow.log_metrics(
+                {
+                    "test_r2": t.r2,
+                    "test_pearson_r": t.pearson_r,
+                    "test_rmse": t.rmse,
+                    "n_coordinates": float(t.n_coordinates or 0),
+                }
+            )
+            mlflow.log_artifacts(str(result.run_dir))
+            return SimpleNamespace(
+                tracked=True,
+                message=f"tracked in MLflow run {run.info.run_id} at {uri}",
+                model_uri=None,
+                uri=uri,
+            )
+    except Exception as exc:  # local outputs are written already: report, do not lose the run
+        if config.tracking.on_error == "fail":
+            from probes.errors import TrackingError
+
+            raise TrackingError(f"MLflow logging to {uri} failed: {exc}") from exc
+        return SimpleNamespace(
+            tracked=False, message=f"not tracked in MLflow ({uri}): {exc}", model_uri=None, uri=uri
+        )
