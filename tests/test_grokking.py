@@ -78,9 +78,15 @@ def test_checkpoint_is_the_grokked_model(grokked) -> None:
 def test_fourier_analysis_finds_a_few_key_frequencies(grokked, keys) -> None:
     model, _ = grokked
     norms = frequency_norms(model.get_input_embeddings().weight[:P], P)
-    assert 2 <= len(keys) <= 8
-    others = np.delete(norms, np.asarray(keys) - 1)
-    assert norms[np.asarray(keys) - 1].min() > 4 * np.median(others)  # sparse in the Fourier basis
+    assert 2 <= len(keys) <= 8  # of 56 frequencies
+    share = (norms[np.asarray(keys) - 1] ** 2).sum() / (norms**2).sum()
+    assert share > 0.7  # the embedding is sparse in the Fourier basis
+
+
+def embedding_weights(acts) -> np.ndarray:
+    """W_E + W_pos[0] by input a: the layers.0 activations at token a, sorted by a (rows are one per a)."""
+    order = np.argsort([int(i) for i in acts.ids])
+    return acts["layers.0"].numpy()[order]
 
 
 def _split(acts) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +98,12 @@ def test_sparse_probes_read_key_frequencies_and_not_others(embedding_acts, keys)
     tr, te = _split(embedding_acts)
     train, test = embedding_acts.subset(tr), embedding_acts.subset(te)
     X = train["layers.0"]
-    unused = [k for k in range(1, 57) if k not in keys and all(abs(k - j) > 1 for j in keys)][:6]
+    # Frequencies the model does not use: embedding norm under twice the median (a few leftovers of the
+    # memorising solution, still being cleaned up by weight decay, sit between the two groups).
+    W_E = embedding_weights(embedding_acts)
+    norms = frequency_norms(W_E, P)
+    unused = [int(k) + 1 for k in np.flatnonzero(norms < 2 * np.median(norms))][::6]
+    assert len(unused) >= 6
     for k in keys:
         for fn in ("cos", "sin"):
             probe = probes.SparseProbe(cv=5).fit(X, train.values[f"{fn}{k}"], groups=train.groups)
@@ -137,7 +148,8 @@ def test_excluded_loss_rises_for_key_frequencies_only(grokked, keys) -> None:
     key_loss = excluded_loss(logits, a, b, P, keys)
     others = [k for k in range(1, 57) if k not in keys][: len(keys)]
     other_loss = excluded_loss(logits, a, b, P, others)
-    assert key_loss > 2.0 and key_loss > 20 * base  # removing the key frequencies breaks the model
-    assert other_loss < base + 0.05  # removing as many other frequencies changes ~nothing
-    for k in keys:  # each key frequency alone matters
-        assert excluded_loss(logits, a, b, P, [k]) > base + 0.05
+    assert key_loss > 2.0 and key_loss > 1000 * base  # removing the key frequencies breaks the model
+    assert other_loss < base + 0.01  # removing as many other frequencies changes ~nothing
+    single = {k: excluded_loss(logits, a, b, P, [k]) for k in range(1, 57)}
+    matter = {k for k, loss in single.items() if loss > base + 0.05}
+    assert matter <= set(keys) and len(matter) >= 2  # only key frequencies matter one at a time

@@ -50,13 +50,14 @@ def frequency_norms(W: np.ndarray | torch.Tensor, p: int) -> np.ndarray:
     return np.sqrt((coef[1::2] ** 2).sum(1) + (coef[2::2] ** 2).sum(1))
 
 
-def key_frequencies(W: np.ndarray | torch.Tensor, p: int, *, share: float = 0.9) -> list[int]:
-    """The fewest frequencies whose squared norms hold ``share`` of ``W``'s non-constant energy, ascending."""
-    norms2 = frequency_norms(W, p) ** 2
-    order = np.argsort(-norms2, kind="stable")
-    cum = np.cumsum(norms2[order]) / norms2.sum()
-    n = int(np.searchsorted(cum, share) + 1)
-    return sorted(int(k) + 1 for k in order[:n])
+def key_frequencies(W: np.ndarray | torch.Tensor, p: int, *, ratio: float = 4.0) -> list[int]:
+    """Frequencies at which ``W`` ``(p, d)`` has more than ``ratio`` times the median frequency norm, ascending.
+
+    A grokked embedding is sparse in the Fourier basis: a handful of frequencies stand far above the rest
+    (the median is robust to them), so the rule needs no count of how many to expect.
+    """
+    norms = frequency_norms(W, p)
+    return [int(k) + 1 for k in np.flatnonzero(norms > ratio * np.median(norms))]
 
 
 def fourier_targets(x: Sequence[int] | np.ndarray, p: int, freqs: Iterable[int]) -> dict[str, np.ndarray]:

@@ -178,7 +178,8 @@ def _ridge(Z: np.ndarray, y: np.ndarray, alpha: float) -> Any:
 class SparseProbe(RegressionProbe):
     """L1-regularised linear regression (scikit-learn's Lasso) that reads few coordinates.
 
-    Exactly one way to set the sparsity:
+    The path has ``n_alphas`` penalties from the smallest that zeroes every coefficient down to ``eps`` times
+    it. Exactly one way to set the sparsity:
 
     - ``k=N``: walk the Lasso path (``sklearn.linear_model.lasso_path``) from the strongest penalty down and
       keep the last point that uses at most ``N`` coordinates; then refit an (almost unpenalised) ridge on
@@ -198,6 +199,7 @@ class SparseProbe(RegressionProbe):
         standardize: bool = True,
         cv: int = 5,
         n_alphas: int = 100,
+        eps: float = 1e-3,
         refit_alpha: float = 1e-6,
         max_iter: int = 10_000,
         seed: int = 0,
@@ -207,6 +209,7 @@ class SparseProbe(RegressionProbe):
         self.standardize = standardize
         self.cv = cv
         self.n_alphas = n_alphas
+        self.eps = eps
         self.refit_alpha = refit_alpha
         self.max_iter = max_iter
         self.seed = seed
@@ -243,9 +246,9 @@ class SparseProbe(RegressionProbe):
         return self
 
     def _grid(self, Z: np.ndarray, yc: np.ndarray) -> np.ndarray:
-        # sklearn's own grid: from the smallest alpha that zeroes every coefficient down by 1e-3, log-spaced.
+        # sklearn's own grid: from the smallest alpha that zeroes every coefficient down by eps, log-spaced.
         top = float(np.abs(Z.T @ yc).max()) / len(yc)
-        return np.geomspace(top, top * 1e-3, int(self.n_alphas)) if top > 0 else np.array([1.0])
+        return np.geomspace(top, top * float(self.eps), int(self.n_alphas)) if top > 0 else np.array([1.0])
 
     def _choose_alpha(self, Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None) -> float:
         from sklearn.linear_model import lasso_path
