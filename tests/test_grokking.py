@@ -106,7 +106,9 @@ def test_sparse_probes_read_key_frequencies_and_not_others(embedding_acts, keys)
     assert len(unused) >= 6
     for k in keys:
         for fn in ("cos", "sin"):
-            probe = probes.SparseProbe(cv=5).fit(X, train.values[f"{fn}{k}"], groups=train.groups)
+            probe = probes.SparseProbe(cv=5, eps=1e-2, n_alphas=40).fit(
+                X, train.values[f"{fn}{k}"], groups=train.groups
+            )
             report = probes.evaluate_regression(
                 probe, test, layer="layers.0", target=f"{fn}{k}", n_bootstrap=200
             )
@@ -114,7 +116,9 @@ def test_sparse_probes_read_key_frequencies_and_not_others(embedding_acts, keys)
             assert report.n_coordinates < X.shape[1]
     for k in unused:
         for fn in ("cos", "sin"):
-            probe = probes.SparseProbe(cv=5).fit(X, train.values[f"{fn}{k}"], groups=train.groups)
+            probe = probes.SparseProbe(cv=5, eps=1e-2, n_alphas=40).fit(
+                X, train.values[f"{fn}{k}"], groups=train.groups
+            )
             report = probes.evaluate_regression(
                 probe, test, layer="layers.0", target=f"{fn}{k}", n_bootstrap=200
             )
@@ -125,8 +129,12 @@ def test_probe_outputs_trace_the_circle(embedding_acts, keys, tmp_path: Path) ->
     tr, te = _split(embedding_acts)
     train, test = embedding_acts.subset(tr), embedding_acts.subset(te)
     k = keys[0]
-    cos = probes.SparseProbe(cv=5).fit(train["layers.0"], train.values[f"cos{k}"], groups=train.groups)
-    sin = probes.SparseProbe(cv=5).fit(train["layers.0"], train.values[f"sin{k}"], groups=train.groups)
+    cos = probes.SparseProbe(cv=5, eps=1e-2, n_alphas=40).fit(
+        train["layers.0"], train.values[f"cos{k}"], groups=train.groups
+    )
+    sin = probes.SparseProbe(cv=5, eps=1e-2, n_alphas=40).fit(
+        train["layers.0"], train.values[f"sin{k}"], groups=train.groups
+    )
     x, y = cos.predict(test["layers.0"]), sin.predict(test["layers.0"])
     radius = np.hypot(x, y)
     assert np.all(np.abs(radius - 1) < 0.35)  # on the unit circle, for a it never saw

@@ -99,8 +99,16 @@ def unembed(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return head(x).float()
 
 
-def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    return [tokenizer.decode([int(i)]) for i in ids]
+def _token_strings(tokenizer: Any, ids: Sequence[int], cache: dict[int, str] | None = None) -> list[str]:
+    # Each distinct id is decoded once: a lens asks for layers x positions x k tokens, mostly repeats.
+    cache = {} if cache is None else cache
+    out = []
+    for i in ids:
+        i = int(i)
+        if i not in cache:
+            cache[i] = tokenizer.decode([i])
+        out.append(cache[i])
+    return out
 
 
 def residuals(
@@ -204,6 +212,7 @@ def logit_lens(
     n_layers = resid[0].shape[0]
     names = [f"layers.{i}" for i in range(n_layers)]
     results = []
+    decoded: dict[int, str] = {}
     with torch.inference_mode():
         for ids, h in zip(ids_list, resid, strict=True):
             if translators is not None:
@@ -225,14 +234,14 @@ def logit_lens(
             kl = torch.cat(kls)
             top_p, top_i = torch.cat(tops_p), torch.cat(tops_i)
             top_ids = top_i.cpu().numpy()
-            flat = _token_strings(tokenizer, top_ids.reshape(-1).tolist())
+            flat = _token_strings(tokenizer, top_ids.reshape(-1).tolist(), decoded)
             kk = top_ids.shape[-1]
             top_tokens = [
                 [flat[(li * T + p) * kk : (li * T + p + 1) * kk] for p in range(T)] for li in range(n_layers)
             ]
             results.append(
                 LensResult(
-                    tokens=_token_strings(tokenizer, ids),
+                    tokens=_token_strings(tokenizer, ids, decoded),
                     input_ids=list(ids),
                     layers=names,
                     top_ids=top_ids,
