@@ -2,8 +2,10 @@
 
     OMP_NUM_THREADS=1 python scripts/train_grokking.py --out models/grokking_113
 
-Setup of Nanda et al. (2023): 30% of the 113² pairs for training, full-batch AdamW (lr 1e-3, weight decay
-1.0, betas 0.9/0.98, 10 warm-up steps), d_model 128, 4 heads, d_mlp 512, no LayerNorm. The model first
+Setup of Nanda et al. (2023): 30% of the 113² pairs for training, full-batch AdamW (betas 0.9/0.98, 10
+warm-up steps), d_model 128, 4 heads, d_mlp 512, no LayerNorm — with lr 2e-3 and weight decay 4.0 instead
+of the paper's 1e-3 and 1.0 (the defaults here, which made models/grokking_113): the paper's settings need
+~10k steps to generalise, these ~1k, so the model trains on two CPU cores in minutes. The model first
 memorises the training pairs (train loss → 0, test loss up), then, pushed by weight decay, forms the Fourier
 circuit and the test loss falls: the grokking curve. Training stops ``--margin`` steps after test accuracy
 first passes ``--stop-acc`` (the margin lets weight decay clean up the memorising components).
@@ -67,11 +69,11 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=Path("docs/images/grokking_curves.png"))
     parser.add_argument("--modulus", type=int, default=113)
     parser.add_argument("--train-frac", type=float, default=0.3)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--weight-decay", type=float, default=1.0)
-    parser.add_argument("--max-steps", type=int, default=40_000)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--weight-decay", type=float, default=4.0)
+    parser.add_argument("--max-steps", type=int, default=20_000)
     parser.add_argument("--stop-acc", type=float, default=0.99)
-    parser.add_argument("--margin", type=int, default=1_000, help="steps to keep training after --stop-acc")
+    parser.add_argument("--margin", type=int, default=300, help="steps to keep training after --stop-acc")
     parser.add_argument("--log-every", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
