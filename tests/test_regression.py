@@ -199,3 +199,28 @@ def test_regress_pipeline_end_to_end(stories_path: Path, tmp_path: Path) -> None
     bad.write_text(config.read_text().replace("kind: ridge", "kind: logistic"))
     with pytest.raises(probes.errors.ConfigError, match="regression probe"):
         probes.run(probes.load_config(bad))
+
+
+def test_regress_config_validates_without_a_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from probes.cli import app
+
+    rows = [{"id": str(i), "text": "a " * (i + 1), "target_value": {"n": i}} for i in range(30)]
+    data = _write(tmp_path / "n", rows)
+    cfg = {
+        "task": "regress",
+        "target_value": "n",
+        "model": {"name_or_path": "nowhere/at-all"},
+        "data": {"train": {"path": str(data)}},
+        "probe": {"kind": "sparse", "params": {"k": 3}},
+    }
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["validate", str(good)])
+    assert result.exit_code == 0, result.output
+    assert "target_value 'n'" in result.output and "splits: train" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "target_value": "width"}))
+    result = CliRunner().invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2 and "one of the dataset's values ['n']" in result.output

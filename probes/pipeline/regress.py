@@ -57,6 +57,52 @@ class RegressionRunResult:
         return "\n".join(lines) + "\n\nTest set\n" + str(self.test)
 
 
+def _check(config: RunConfig) -> tuple[Any, str, dict[str, Any]]:
+    """The dataset, the target name and the train/val/test split of a ``task: regress`` config, checked."""
+    from probes.train import REGRESSION_KINDS
+
+    kind = config.probe.kind
+    if kind not in REGRESSION_KINDS:
+        raise ConfigError(
+            f"task: regress needs a regression probe: probe.kind must be one of {sorted(REGRESSION_KINDS)}, "
+            f"not {kind!r}."
+        )
+    cls, defaults = REGRESSION_KINDS[kind]
+    for params in config.probe.candidates():
+        try:
+            cls(**{**defaults, **params})
+        except TypeError as exc:
+            raise ConfigError(f"probe.params do not fit probe kind {kind!r}: {exc}") from exc
+    ds = _load_regress(config)
+    names = ds.value_names
+    target = config.target_value or (names[0] if len(names) == 1 else None)
+    if target is None or target not in names:
+        raise ConfigError(
+            f"task: regress: set target_value to one of the dataset's values {names} (got {config.target_value!r})."
+        )
+    s = config.data.splits
+    parts = ds.split(
+        {"train": s.train, "val": s.val, "test": s.test},
+        seed=config.seed,
+        holdout=s.holdout or None,
+        use_column=False,
+    )
+    return ds, target, parts
+
+
+def validate_regression(config: RunConfig) -> list[str]:
+    """``probes validate`` for a ``task: regress`` config: dataset, target, splits and probe, no model."""
+    ds, target, parts = _check(config)
+    values = ds.target_values(target)
+    return [
+        f"train   {ds.name}: {len(ds)} rows, target_value {target!r} in [{values.min():.4g}, {values.max():.4g}], "
+        f"fingerprint {ds.fingerprint()[:12]}",
+        "        splits: " + ", ".join(f"{k} {len(v)}" for k, v in parts.items()),
+        f"probe   {config.probe.kind} (task: regress)",
+        f"model   {config.model.name_or_path}",
+    ]
+
+
 def run_regression(config: RunConfig, *, reporter: Any = None) -> RegressionRunResult:
     """Run a ``task: regress`` config end to end (see the module docstring)."""
     from probes.collection import collect
@@ -71,32 +117,10 @@ def run_regression(config: RunConfig, *, reporter: Any = None) -> RegressionRunR
     reporter = reporter or LogReporter()
     timings: dict[str, float] = {}
     kind = config.probe.kind
-    if kind not in REGRESSION_KINDS:
-        raise ConfigError(
-            f"task: regress needs a regression probe: probe.kind must be one of {sorted(REGRESSION_KINDS)}, "
-            f"not {kind!r}."
-        )
-    cls, defaults = REGRESSION_KINDS[kind]
     t0 = time.perf_counter()
     with reporter.stage("Loading the dataset"):
-        ds = _load_regress(config)
-        names = ds.value_names
-        if not names:
-            raise ConfigError(
-                f"task: regress: {ds.source} has no target_value in its rows; add one or use task: classify."
-            )
-        target = config.target_value or (names[0] if len(names) == 1 else None)
-        if target is None or target not in names:
-            raise ConfigError(
-                f"task: regress: set target_value to one of the dataset's values {names} (got {config.target_value!r})."
-            )
-        s = config.data.splits
-        parts = ds.split(
-            {"train": s.train, "val": s.val, "test": s.test},
-            seed=config.seed,
-            holdout=s.holdout or None,
-            use_column=False,
-        )
+        ds, target, parts = _check(config)
+    cls, defaults = REGRESSION_KINDS[kind]
     with reporter.stage(f"Loading {config.model.name_or_path}"):
         m = config.model
         model, tokenizer = load_model(

@@ -258,6 +258,10 @@ def validate_config(path: str | Path, overrides: Sequence[str] = ()) -> list[str
     No model is loaded. Raises ConfigError / DatasetError; returns summary lines (and reproducibility notes).
     """
     config = load_config(path, overrides)
+    if config.task == "regress":
+        from probes.pipeline.regress import validate_regression
+
+        return validate_regression(config)
     lines = []
     train, control, evals = _load_all_datasets(config)
     splits = split_train(train, config)
