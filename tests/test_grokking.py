@@ -94,6 +94,7 @@ def _split(acts) -> tuple[np.ndarray, np.ndarray]:
     return order[:80], order[80:]
 
 
+@pytest.mark.slow
 def test_sparse_probes_read_key_frequencies_and_not_others(embedding_acts, keys) -> None:
     tr, te = _split(embedding_acts)
     train, test = embedding_acts.subset(tr), embedding_acts.subset(te)
@@ -102,8 +103,8 @@ def test_sparse_probes_read_key_frequencies_and_not_others(embedding_acts, keys)
     # memorising solution, still being cleaned up by weight decay, sit between the two groups).
     W_E = embedding_weights(embedding_acts)
     norms = frequency_norms(W_E, P)
-    unused = [int(k) + 1 for k in np.flatnonzero(norms < 2 * np.median(norms))][::6]
-    assert len(unused) >= 6
+    unused = [int(k) + 1 for k in np.flatnonzero(norms < 2 * np.median(norms))][::10]
+    assert len(unused) >= 4
     for k in keys:
         for fn in ("cos", "sin"):
             probe = probes.SparseProbe(cv=5, eps=1e-2, n_alphas=40).fit(
