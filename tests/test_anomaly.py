@@ -160,7 +160,7 @@ def test_bad_inputs_and_hyperparameters_are_refused() -> None:
     det = MahalanobisDetector().fit(X)
     with pytest.raises(ValueError, match="fitted on 12 features"):
         det.decision_function(np.zeros((3, 5)))
-    with pytest.raises(TypeError, match="no class probabilities"):
+    with pytest.raises(AttributeError, match="no class probabilities"):
         det.predict_proba(X)
     with pytest.raises(NotFittedError):
         KNNDetector().decision_function(X)

@@ -180,8 +180,10 @@ def test_bad_inputs_raise_clear_value_errors(name: str) -> None:
         POOLED[name]().fit(X[:, 0], y)
     with pytest.raises(ValueError, match="labels"):
         POOLED[name]().fit(X, y[:-1])
-    with pytest.raises(ValueError, match="0/1"):
-        POOLED[name]().fit(X, y + 1)
+    with pytest.raises(ValueError, match="Only binary classification"):
+        POOLED[name]().fit(X, np.arange(len(y)) % 3)
+    # Any two labels work as in scikit-learn (classes_[1] = the positive class); 0/1 is the convention.
+    assert list(POOLED[name]().fit(X, y + 1).classes_) == [1, 2]
     fitted = POOLED[name]().fit(X, y)
     with pytest.raises(ValueError, match="fitted on 6 features"):
         fitted.decision_function(X[:, :4])

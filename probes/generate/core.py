@@ -458,13 +458,13 @@ def _finish(
     if not lines:
         raise DatasetError(f"{dataset.source}: every generated reply was empty; nothing to write.")
 
-    import probes
+    from probes._version import __version__
 
     card = dataset.card
     ds_name = name or output.name
     s = settings["sampling"]
     how = (
-        f"probes generate (probes {getattr(probes, '__version__', '?')}): {n} repl{'y' if n == 1 else 'ies'} per "
+        f"probes generate (probes {__version__}): {n} repl{'y' if n == 1 else 'ies'} per "
         f"prompt of {dataset.source} sampled from {settings['model'].get('name')} "
         + (
             f"(temperature {s['temperature']}, top_p {s['top_p']}, top_k {s['top_k'] or 'off'}, "

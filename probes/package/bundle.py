@@ -146,7 +146,7 @@ class ProbeBundle:
         """
         if not isinstance(probe, Probe):
             raise TypeError(f"Expected a fitted probes Probe, got {type(probe).__name__}.")
-        probe._check_fitted()
+        probe.check_saveable()
         if getattr(probe, "multi_site", False):
             site = self._multi_site(probe, layer, normalization)
         elif layer is None:
@@ -291,12 +291,12 @@ class ProbeBundle:
 
     # --- persistence ----------------------------------------------------------------------------
     def manifest(self, tensors_sha256: str | None = None) -> dict[str, Any]:
-        import probes
+        from probes._version import __version__
 
         return {
             "schema_version": SCHEMA_VERSION,
             "format": "probes.bundle",
-            "probes_version": probes.__version__,
+            "probes_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "tensors_file": TENSORS,
             "tensors_sha256": tensors_sha256,

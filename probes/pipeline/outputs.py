@@ -176,12 +176,12 @@ def _datasets_info(prep: _Prepared) -> dict[str, dict[str, Any]]:
 
 
 def _report_dict(result: RunResult, prep: _Prepared) -> dict[str, Any]:
-    import probes
+    from probes._version import __version__
 
     config = result.config
     return {
         "schema_version": 1,
-        "probes_version": probes.__version__,
+        "probes_version": __version__,
         "run": config.run_name,
         "created": datetime.now().isoformat(timespec="seconds"),
         "config_source": config.source,

@@ -320,7 +320,7 @@ def _flag_rate(probe: Any, acts: Activations, site: str, threshold: float) -> di
 
 def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
     """Log params, per-layer sweep metrics, test/eval/baseline metrics, tags and the run folder to MLflow."""
-    import probes
+    from probes._version import __version__
     from probes.track import git_commit, log_run
 
     config = result.config
@@ -349,7 +349,7 @@ def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
     metrics = {k: v for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     fp = prep.fingerprint
     tags = {
-        "probes.version": probes.__version__,
+        "probes.version": __version__,
         "probes.git_commit": git_commit(),
         "probes.config": config.source,
         "probes.overrides": " ".join(config.overrides) or None,

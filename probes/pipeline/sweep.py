@@ -17,13 +17,13 @@ def _probe_params(kind: str, params: dict[str, Any], seed: int) -> dict[str, Any
     import inspect
 
     import probes.train  # noqa: F401  (registers the built-in probe kinds)
-    from probes.train.base import PROBE_TYPES
+    from probes.train import PROBE_REGISTRY
 
-    if kind not in PROBE_TYPES:
+    if kind not in PROBE_REGISTRY:
         raise ConfigError(
-            f"probe.kind: unknown probe kind {kind!r}; known: {', '.join(sorted(PROBE_TYPES))}."
+            f"probe.kind: unknown probe kind {kind!r}; known: {', '.join(sorted(PROBE_REGISTRY))}."
         )
-    accepted = inspect.signature(PROBE_TYPES[kind].__init__).parameters
+    accepted = inspect.signature(PROBE_REGISTRY[kind][0].__init__).parameters
     unknown = [
         k for k in params if k not in accepted and not any(p.kind == p.VAR_KEYWORD for p in accepted.values())
     ]

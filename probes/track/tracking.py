@@ -256,7 +256,7 @@ def _log_probe_model(mlflow: Any, bundle_dir: Path, example_features: Any) -> st
 
 
 def _log_pyfunc(mlflow: Any, code: Path, bundle_dir: Path, example: Any) -> Any:
-    import probes
+    from probes._version import __version__
 
     return mlflow.pyfunc.log_model(
         name=MODEL_NAME,
@@ -265,7 +265,7 @@ def _log_pyfunc(mlflow: Any, code: Path, bundle_dir: Path, example: Any) -> Any:
         # MLflow runs the model on the example to record the input/output signature.
         input_example=example,
         # Given explicitly: inferring requirements would import the model in a subprocess (slow).
-        pip_requirements=[f"residual-probes=={probes.__version__}", "torch", "safetensors", "pandas"],
+        pip_requirements=[f"residual-probes=={__version__}", "torch", "safetensors", "pandas"],
     )
 
 

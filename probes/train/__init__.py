@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from probes.train.anomaly import AnomalyDetector, KNNDetector, MahalanobisDetector, PCAResidualDetector
-from probes.train.base import Probe, probe_from_state, register_probe
+from probes.train.base import PROBE_REGISTRY, ClassifierProbe, Probe, probe_from_state, register_probe
 from probes.train.cascade import Cascade, CascadeDecision
 from probes.train.io import load_probe, save_probe
 from probes.train.judge import LMJudge
@@ -45,6 +45,7 @@ __all__ = [
     "AttentionProbe",
     "Cascade",
     "CascadeDecision",
+    "ClassifierProbe",
     "ConcatProbe",
     "DiffMeansProbe",
     "KNNDetector",
@@ -55,6 +56,7 @@ __all__ = [
     "MultiSiteProbe",
     "PCAResidualDetector",
     "PROBE_KINDS",
+    "PROBE_REGISTRY",
     "Probe",
     "REGRESSION_KINDS",
     "RegressionProbe",
@@ -70,34 +72,34 @@ __all__ = [
     "save_probe",
 ]
 
-#: Names accepted by :func:`make_probe` (and run configs); ``lda`` is ``DiffMeansProbe(lda=True)``.
-PROBE_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
-    "logistic": (LogisticProbe, {}),
-    "diffmeans": (DiffMeansProbe, {}),
-    "lda": (DiffMeansProbe, {"lda": True}),
-    "mlp": (MLPProbe, {}),
-    "token": (TokenProbe, {}),
-    "attention": (AttentionProbe, {}),
-}
+register_probe(DiffMeansProbe, kind="lda", lda=True)
 
+
+def _kinds(select: Any) -> dict[str, tuple[type[Probe], dict[str, Any]]]:
+    return {k: (cls, dict(preset)) for k, (cls, preset) in PROBE_REGISTRY.items() if select(cls)}
+
+
+def _is_detector(cls: type) -> bool:
+    return bool(getattr(cls, "is_detector", False))
+
+
+def _is_multi_site(cls: type) -> bool:
+    return bool(getattr(cls, "multi_site", False))
+
+
+def _is_regression(cls: type) -> bool:
+    return issubclass(cls, RegressionProbe)
+
+
+#: Views of the one registry (:data:`probes.train.base.PROBE_REGISTRY`) by what the probes read.
+#: Supervised probes of one site; ``lda`` is ``DiffMeansProbe(lda=True)``.
+PROBE_KINDS = _kinds(lambda c: not (_is_detector(c) or _is_multi_site(c) or _is_regression(c)))
 #: Regression probes (``task: regress``): fitted on a numeric target, scored as the predicted value.
-REGRESSION_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
-    "ridge": (RidgeProbe, {}),
-    "sparse": (SparseProbe, {}),
-}
-
+REGRESSION_KINDS = _kinds(_is_regression)
 #: Anomaly detectors: fitted on benign rows only (``fit(X)``), scored as conformal p-values.
-DETECTOR_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
-    "mahalanobis": (MahalanobisDetector, {}),
-    "pca_residual": (PCAResidualDetector, {}),
-    "knn": (KNNDetector, {}),
-}
-
+DETECTOR_KINDS = _kinds(_is_detector)
 #: Probes that read several sites (``fit`` takes an Activations, ``{site: X}`` or an ``(n, sites, d)`` stack).
-MULTI_SITE_KINDS: dict[str, tuple[type[Probe], dict[str, Any]]] = {
-    "stacked": (StackedProbe, {}),
-    "concat": (ConcatProbe, {}),
-}
+MULTI_SITE_KINDS = _kinds(_is_multi_site)
 
 
 def make_probe(kind: str, **params: Any) -> Probe:
@@ -105,10 +107,9 @@ def make_probe(kind: str, **params: Any) -> Probe:
 
     Kinds: :data:`PROBE_KINDS` (supervised, one site), :data:`MULTI_SITE_KINDS` and :data:`DETECTOR_KINDS`.
     """
-    kinds = {**PROBE_KINDS, **MULTI_SITE_KINDS, **DETECTOR_KINDS}
-    if kind not in kinds:
-        raise ValueError(f"Unknown probe kind {kind!r}; choose one of: {', '.join(kinds)}.")
-    cls, preset = kinds[kind]
+    if kind not in PROBE_REGISTRY:
+        raise ValueError(f"Unknown probe kind {kind!r}; choose one of: {', '.join(PROBE_REGISTRY)}.")
+    cls, preset = PROBE_REGISTRY[kind]
     valid = list(cls().get_params())
     unknown = [k for k in params if k not in valid]
     if unknown:

@@ -48,7 +48,7 @@ def fit_logistic_sklearn(
     standardize: bool = True,
     fit_intercept: bool = True,
     max_iter: int = 1000,
-    class_weight: str | None = None,
+    class_weight: str | dict[int, float] | None = None,
     sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, int]:
     """sklearn ``LogisticRegression(lbfgs)`` on standardised ``X``: ``(w_std, b_std, mean, scale, n_iter)``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,30 +15,67 @@ from probes.collection.activations import RaggedTokens
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def check_labels(y: Any, n: int, who: str) -> np.ndarray:
-    """``y`` as an int64 array of 0/1 with both classes present and one label per row."""
+def encode_labels(y: Any, n: int, who: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(y01, classes)``: binary labels encoded 0/1 and the two class labels they stand for.
+
+    Labels 0/1 (or booleans) mean what the package's sign convention says (1 = the state detected). Any
+    other two labels are sorted as scikit-learn sorts them, and the second one (``classes[1]``) is the
+    positive class, as in ``LogisticRegression``. A column vector ``(n, 1)`` is accepted with scikit-learn's
+    ``DataConversionWarning``; more than two classes, continuous targets and ``None`` are errors.
+    """
+    if y is None:
+        raise ValueError(
+            f"{who} requires y to be passed, but the target y is None: pass one 0/1 label per row "
+            "(1 = the state the probe detects)."
+        )
     y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y_np.ndim == 2 and y_np.shape[1] == 1:
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn(
+            f"A column-vector y was passed when a 1d array was expected ({who}); it was raveled.",
+            DataConversionWarning,
+            stacklevel=3,
+        )
+        y_np = y_np.ravel()
     if y_np.ndim != 1:
         raise ValueError(f"{who}: y must be 1-D (one label per row); got shape {tuple(y_np.shape)}.")
     if len(y_np) != n:
         raise ValueError(f"{who}: X has {n} rows but y has {len(y_np)} labels; pass one label per row.")
     if y_np.dtype == bool:
         y_np = y_np.astype(np.int64)
+    from sklearn.utils.multiclass import check_classification_targets
+
+    check_classification_targets(y_np)  # "Unknown label type: continuous ..." for regression targets
     values = np.unique(y_np)
-    if not np.isin(values, [0, 1]).all():
-        raise ValueError(
-            f"{who}: labels must be 0/1 (1 = the state the probe detects); got values {values[:10].tolist()}."
-        )
     if len(values) < 2:
+        only = values[0].item() if len(values) and hasattr(values[0], "item") else "-"
         raise ValueError(
-            f"{who}: y holds only class {int(values[0]) if len(values) else '-'}; "
-            "a probe needs examples of both classes (0 and 1)."
+            f"{who}: y holds only class {only!r}; a probe needs examples of both classes (0 and 1): "
+            "it can't train when only one class is present."
         )
-    return y_np.astype(np.int64)
+    if len(values) > 2:
+        raise ValueError(
+            f"{who}: Only binary classification is supported. y holds {len(values)} classes "
+            f"({values[:10].tolist()}); label the state the probe detects 1 and everything else 0."
+        )
+    if np.isin(values, [0, 1]).all():
+        return y_np.astype(np.int64), np.array([0, 1], dtype=np.int64)
+    return (y_np == values[1]).astype(np.int64), values
+
+
+def check_labels(y: Any, n: int, who: str) -> np.ndarray:
+    """``y`` as an int64 array of 0/1 with both classes present and one label per row."""
+    return encode_labels(y, n, who)[0]
 
 
 def check_matrix(X: Any, who: str) -> torch.Tensor:
-    """``X`` as a 2-D floating tensor (device and dtype kept) with only finite values."""
+    """``X`` as a 2-D floating tensor (device and dtype kept) with only finite values.
+
+    Torch tensors stay on their device; anything else goes through scikit-learn's ``check_array`` (so lists,
+    DataFrames, memmaps and read-only arrays work, and sparse, complex or string input is refused with
+    scikit-learn's own message).
+    """
     if isinstance(X, RaggedTokens):
         raise ValueError(
             f"{who} reads pooled activations (n, d); got token-level RaggedTokens. "
@@ -45,20 +83,61 @@ def check_matrix(X: Any, who: str) -> torch.Tensor:
         )
     if isinstance(X, torch.Tensor):
         t = X if X.is_floating_point() else X.float()
-    else:
-        arr = np.asarray(X)
-        if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
-            raise ValueError(f"{who}: X must be a numeric array; got dtype {arr.dtype}.")
-        t = torch.as_tensor(arr if np.issubdtype(arr.dtype, np.floating) else arr.astype(np.float32))
-    if t.ndim != 2:
+        if t.ndim != 2:
+            raise ValueError(
+                f"{who}: X must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}. "
+                "Reshape a single row with X.reshape(1, -1)."
+            )
+        if t.shape[0] < 2 or t.shape[1] < 1:
+            raise ValueError(f"{who}: X needs at least 2 rows and 1 feature; got shape {tuple(t.shape)}.")
+        _check_finite(t, who)
+        return t
+    arr = _check_array(X, who, min_samples=2)
+    return torch.as_tensor(arr)
+
+
+def check_rows(X: Any, who: str) -> torch.Tensor:
+    """``X`` to *score*: like :func:`check_matrix`, but one row is enough."""
+    if isinstance(X, torch.Tensor):
+        t = X if X.is_floating_point() else X.float()
+        if t.ndim != 2:
+            raise ValueError(
+                f"{who}: X must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}. "
+                "Reshape a single row with X.reshape(1, -1)."
+            )
+        return t
+    return torch.as_tensor(_check_array(X, who, min_samples=1))
+
+
+def _check_array(X: Any, who: str, min_samples: int) -> np.ndarray:
+    from sklearn.utils import check_array
+
+    shape = np.shape(X) if isinstance(X, np.ndarray | list | tuple) else getattr(X, "shape", None)
+    if shape is not None and len(shape) != 2:
         raise ValueError(
-            f"{who}: X must be 2-D (n_samples, n_features); got shape {tuple(t.shape)}. "
-            "Reshape a single row with X.reshape(1, -1)."
+            f"{who}: X must be 2-D (n_samples, n_features); got shape {tuple(shape)}. Reshape your data: "
+            "X.reshape(1, -1) for a single row, X.reshape(-1, 1) for a single feature."
         )
-    if t.shape[0] < 2 or t.shape[1] < 1:
-        raise ValueError(f"{who}: X needs at least 2 rows and 1 feature; got shape {tuple(t.shape)}.")
-    _check_finite(t, who)
-    return t
+    name = who.split(".")[0]
+    try:
+        arr = check_array(
+            X,
+            dtype=(np.float32, np.float64),
+            ensure_min_samples=min_samples,
+            estimator=name,
+            input_name="X",
+        )
+    except TypeError as exc:  # sparse input
+        raise TypeError(f"{who}: {exc}") from exc
+    except ValueError as exc:
+        hint = (
+            " Check the activation collection (fp16 overflow is a common cause: collect in bfloat16 or "
+            "float32)."
+            if "NaN" in str(exc) or "infinity" in str(exc)
+            else ""
+        )
+        raise ValueError(f"{who}: {exc}{hint}") from exc
+    return np.ascontiguousarray(arr)
 
 
 def check_ragged(X: Any, who: str) -> RaggedTokens:
@@ -83,8 +162,8 @@ def check_ragged(X: Any, who: str) -> RaggedTokens:
 def check_n_features(d: int, n_features_in: int, who: str) -> None:
     if d != n_features_in:
         raise ValueError(
-            f"{who} was fitted on {n_features_in} features but X has {d}; "
-            "score activations from the same model and site the probe was trained on."
+            f"X has {d} features, but {who} is expecting {n_features_in} features as input (it was fitted on "
+            f"{n_features_in} features); score activations from the same model and site the probe was trained on."
         )
 
 

@@ -44,8 +44,8 @@ import torch
 
 from probes.collection.activations import RaggedTokens
 from probes.errors import BundleError, CalibrationWarning
-from probes.train._validate import check_groups, check_matrix, check_n_features
-from probes.train.base import ArrayLike, Probe, as_float_tensor, register_probe
+from probes.train._validate import check_groups, check_matrix, check_n_features, check_rows
+from probes.train.base import ArrayLike, Probe, register_probe
 
 #: Shrinkage choices of :class:`MahalanobisDetector` (or a float in [0, 1]).
 SHRINKAGES = ("ledoit_wolf", "oas", "none")
@@ -89,7 +89,7 @@ class AnomalyDetector(Probe):
         self._fit_rows(X_fit, who)
         self.n_features_in_ = int(Xt.shape[1])
         self.n_fit_ = int(X_fit.shape[0])
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         if cal_idx.size:
             self._set_calibration(Xt[torch.as_tensor(cal_idx, device=Xt.device)])
         else:
@@ -112,7 +112,7 @@ class AnomalyDetector(Probe):
     def _set_calibration(self, X_cal: torch.Tensor) -> None:
         scores = torch.as_tensor(self.decision_function(X_cal), dtype=torch.float32)
         self.calibration_scores_ = torch.sort(scores).values.contiguous()
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
 
     def _split(self, n: int, groups: np.ndarray | None, who: str) -> tuple[np.ndarray, np.ndarray]:
         fraction = float(self.calibration_fraction)
@@ -261,8 +261,11 @@ class AnomalyDetector(Probe):
             warnings.warn(f"{type(self).__name__}: {note}", CalibrationWarning, stacklevel=2)
         return (self.p_values(X) <= float(self.alpha)).astype(np.int64)
 
-    def predict_proba(self, X: ArrayLike) -> np.ndarray:
-        raise TypeError(
+    @property
+    def predict_proba(self) -> Any:  # type: ignore[override]
+        """Absent (an ``AttributeError``), as on scikit-learn estimators without probabilities, so
+        ``hasattr(detector, "predict_proba")`` is False and scikit-learn's scorers use ``decision_function``."""
+        raise AttributeError(
             f"{type(self).__name__} is an anomaly detector: it has no class probabilities. Use p_values(X) "
             "(conformal, calibrated on benign rows), threshold(alpha), or probes.evaluation.evaluate_detector."
         )
@@ -308,7 +311,7 @@ class AnomalyDetector(Probe):
         self.n_fit_ = int(tensors["n_fit"].reshape(-1)[0])
         self._load_state(tensors, d)
         self.n_features_in_ = d
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self
 
     @abstractmethod
@@ -461,7 +464,8 @@ class PCAResidualDetector(AnomalyDetector):
         k = self.n_components
         if isinstance(k, int) and k >= min(n, d):
             raise ValueError(
-                f"{who}: n_components={k} must be below min(fitting rows, dimensions) = {min(n, d)}: the "
+                f"{who}: n_components={k} must be below min(fitting rows, dimensions) = {min(n, d)} "
+                f"(n_samples={n}, n_features={d}): the "
                 "residual outside that many components is zero for every row. Use fewer components."
             )
         # With more rows than dimensions the eigendecomposition of the d x d covariance is exact and far
@@ -578,7 +582,7 @@ class KNNDetector(AnomalyDetector):
             rng = np.random.default_rng(self.seed)
             Z = Z[np.sort(rng.choice(n, size=self.max_reference, replace=False))]
         self.reference_ = torch.as_tensor(self._normalise(Z), dtype=torch.float32).contiguous()
-        self.__dict__.pop("_index", None)
+        self._device_cache = {}  # the search index is rebuilt on first use
 
     def _normalise(self, Z: np.ndarray) -> np.ndarray:
         if self.metric == "cosine":
@@ -595,7 +599,7 @@ class KNNDetector(AnomalyDetector):
         return int(self.reference_.shape[0])
 
     def _search_index(self) -> Any:
-        index = self.__dict__.get("_index")
+        index = self.__dict__.setdefault("_device_cache", {}).get("search_index")
         if index is None:
             ref = self.reference_.numpy()
             if self.backend == "faiss":
@@ -606,15 +610,20 @@ class KNNDetector(AnomalyDetector):
                 from sklearn.neighbors import NearestNeighbors
 
                 index = NearestNeighbors(n_neighbors=int(self.n_neighbors), algorithm="brute").fit(ref)
-            self.__dict__["_index"] = index
+            self._device_cache["search_index"] = index
         return index
 
     def decision_function(self, X: ArrayLike) -> np.ndarray:
         """Distances to the ``n_neighbors``-th nearest reference row, by the library search (host)."""
         self._check_fitted()
-        Xt = as_float_tensor(X) if not isinstance(X, RaggedTokens) else X
-        if not isinstance(Xt, torch.Tensor) or Xt.ndim != 2:
-            raise ValueError("KNNDetector.decision_function takes a 2-D array (n, d).")
+        if isinstance(X, RaggedTokens):
+            raise ValueError("KNNDetector.decision_function takes a 2-D array (n, d), not RaggedTokens.")
+        Xt = X if isinstance(X, torch.Tensor) else check_rows(X, "KNNDetector.decision_function")
+        if Xt.ndim != 2:
+            raise ValueError(
+                f"KNNDetector.decision_function takes a 2-D array (n, d); got shape {tuple(Xt.shape)}. "
+                "Reshape your data with X.reshape(1, -1) for a single row."
+            )
         check_n_features(int(Xt.shape[1]), int(self.n_features_in_), "KNNDetector")
         if Xt.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
@@ -661,7 +670,7 @@ class KNNDetector(AnomalyDetector):
                 "KNNDetector state: reference rows do not match the feature width or n_neighbors."
             )
         self.reference_ = ref.to(torch.float32).contiguous()
-        self.__dict__.pop("_index", None)
+        self._device_cache = {}  # the search index is rebuilt on first use
 
 
 def _import_faiss() -> Any:
@@ -682,11 +691,9 @@ def _check_rows(X: Any, who: str, min_rows: int = 2) -> torch.Tensor:
             "a per-generation false-alarm rate then needs its own calibration on benign generations)."
         )
     if min_rows < 2:
-        Xt = as_float_tensor(X)
-        if Xt.ndim != 2 or Xt.shape[0] < min_rows:
-            raise ValueError(
-                f"{who}: X must be 2-D (n, d) with at least {min_rows} row; got {tuple(Xt.shape)}."
-            )
+        Xt = check_rows(X, who)
+        if Xt.shape[0] < min_rows:
+            raise ValueError(f"{who}: X needs at least {min_rows} row; got shape {tuple(Xt.shape)}.")
         if not bool(torch.isfinite(Xt).all()):
             raise ValueError(f"{who}: X contains NaN or infinite values.")
         return Xt
@@ -694,12 +701,17 @@ def _check_rows(X: Any, who: str, min_rows: int = 2) -> torch.Tensor:
 
 
 def _check_benign(y: Any, n: int, who: str) -> None:
+    """Refuse probe labels with positives in them; any other ``y`` is ignored, as scikit-learn's unsupervised
+    estimators ignore it (``Pipeline`` and ``GridSearchCV`` pass one along)."""
     if y is None:
         return
     y_np = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if y_np.dtype == bool:
+        y_np = y_np.astype(np.int64)
     if y_np.ndim != 1 or len(y_np) != n:
         raise ValueError(f"{who}: y must be None or one label per row ({n}); got shape {tuple(y_np.shape)}.")
-    if np.any(y_np != 0):
+    probe_labels = np.issubdtype(y_np.dtype, np.number) and bool(np.isin(y_np, [0, 1]).all())
+    if probe_labels and np.any(y_np != 0):
         raise ValueError(
             f"{who}: {int(np.count_nonzero(y_np))} rows are labelled positive. A detector is fitted on benign "
             "rows only: pass X[y == 0] (or no y at all); evaluate positives with evaluate_detector."

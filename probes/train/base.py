@@ -4,9 +4,12 @@ Sign convention (the one place it is written down): the positive class (label 1)
 detects; a higher ``decision_function`` means more of it; ``predict_proba`` returns probabilities of
 ``[negative, positive]`` like scikit-learn.
 
-Estimators follow scikit-learn's contract: ``__init__`` stores hyperparameters only, ``fit(X, y)``
-validates and returns ``self``, learned state ends in ``_``, and use before ``fit`` raises
-:class:`probes.errors.NotFittedError`. Scoring is done in torch on the device of the input, so a monitor
+Estimators follow scikit-learn's contract for real: every probe is a ``sklearn.base.BaseEstimator`` (and a
+``ClassifierMixin`` when it is supervised), so ``clone``, ``Pipeline``, ``GridSearchCV`` and
+``cross_val_score`` work and ``sklearn.utils.estimator_checks.check_estimator`` passes (skipped checks are
+listed with their reasons in ``tests/test_sklearn_contract.py``). ``__init__`` stores hyperparameters only,
+``fit(X, y)`` validates and returns ``self``, learned state ends in ``_``, ``classes_`` holds the two labels
+(``classes_[1]`` is the positive class), and use before ``fit`` raises :class:`probes.errors.NotFittedError`. Scoring is done in torch on the device of the input, so a monitor
 never moves activations off the model's device.
 
 Persistence never uses pickle: a probe is ``get_params()`` (JSON) plus ``state_tensors()``
@@ -17,10 +20,13 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError as SklearnNotFittedError
 
 from probes.collection.activations import RaggedTokens
 from probes.errors import NotFittedError
@@ -28,17 +34,45 @@ from probes.errors import NotFittedError
 P = TypeVar("P", bound="Probe")
 ArrayLike = np.ndarray | torch.Tensor
 
-PROBE_TYPES: dict[str, type[Probe]] = {}
+#: The one probe registry: kind name -> (class, preset hyperparameters). Run configs (``probe.kind``,
+#: :func:`probes.train.make_probe`) and files (:func:`probe_from_state`) both read it; ``lda`` is
+#: ``DiffMeansProbe`` with the preset ``lda=True``. :func:`register_probe` adds to it.
+PROBE_REGISTRY: dict[str, tuple[type[Probe], dict[str, Any]]] = {}
 
 
-def register_probe(cls: type[P]) -> type[P]:
-    """Class decorator: make a probe type loadable by its ``kind`` name."""
-    PROBE_TYPES[cls.kind] = cls
-    return cls
+class ProbeNotFittedError(NotFittedError, SklearnNotFittedError):
+    """What an unfitted probe raises: both :class:`probes.errors.NotFittedError` and scikit-learn's."""
 
 
-class Probe(ABC):
-    """Base class of all probes."""
+def register_probe(cls: type[P] | None = None, *, kind: str | None = None, **preset: Any) -> Any:
+    """Make a probe type known by name: ``@register_probe`` (its ``kind``), or
+    ``register_probe(DiffMeansProbe, kind="lda", lda=True)`` for a preset of an existing type."""
+
+    def add(c: type[P]) -> type[P]:
+        PROBE_REGISTRY[kind or c.kind] = (c, dict(preset))
+        return c
+
+    return add(cls) if cls is not None else add
+
+
+class _ProbeTypes(Mapping[str, "type[Probe]"]):
+    """``PROBE_TYPES``: the registry's kind -> class view (kept for code that read the old name)."""
+
+    def __getitem__(self, kind: str) -> type[Probe]:
+        return PROBE_REGISTRY[kind][0]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(PROBE_REGISTRY)
+
+    def __len__(self) -> int:
+        return len(PROBE_REGISTRY)
+
+
+PROBE_TYPES: Mapping[str, type[Probe]] = _ProbeTypes()
+
+
+class Probe(BaseEstimator, ABC):
+    """Base class of all probes (supervised ones add :class:`ClassifierProbe`'s labels)."""
 
     kind: ClassVar[str] = "probe"
     #: True for probes that read ``pooling="tokens"`` activations (:class:`RaggedTokens`).
@@ -54,6 +88,12 @@ class Probe(ABC):
 
     def decision_function(self, X: ArrayLike | RaggedTokens) -> np.ndarray:
         self._check_fitted()
+        if not (self.token_level or getattr(self, "multi_site", False) or isinstance(X, torch.Tensor)):
+            # numpy, lists, DataFrames: scikit-learn's checks (2-D, finite, numeric, dense). Tensors skip them:
+            # a monitor scores on the model's device and must not wait for a finiteness check.
+            from probes.train._validate import check_rows
+
+            X = check_rows(X, f"{type(self).__name__}.decision_function")
         with torch.inference_mode():
             scores = self.score_torch(X if isinstance(X, RaggedTokens) else as_float_tensor(X))
         return scores.detach().float().cpu().numpy()
@@ -63,7 +103,10 @@ class Probe(ABC):
         return np.stack([1.0 - p, p], axis=1)
 
     def predict(self, X: ArrayLike | RaggedTokens) -> np.ndarray:
-        return (self.decision_function(X) > 0).astype(np.int64)
+        """``classes_[1]`` (the detected state) where ``decision_function > 0``, else ``classes_[0]``."""
+        positive = (self.decision_function(X) > 0).astype(np.int64)
+        classes = getattr(self, "classes_", None)
+        return positive if classes is None else np.asarray(classes)[positive]
 
     # --- persistence (safetensors + JSON) -----------------------------------------------------
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -123,15 +166,48 @@ class Probe(ABC):
     def is_fitted(self) -> bool:
         return getattr(self, "n_features_in_", None) is not None
 
+    def check_saveable(self) -> None:
+        """Refuse to save a probe fitted on labels other than 0/1: files store 0/1 labels (1 = detected)."""
+        self._check_fitted()
+        classes = getattr(self, "classes_", None)
+        if classes is not None and np.asarray(classes).tolist() != [0, 1]:
+            raise ValueError(
+                f"This {type(self).__name__} was fitted on labels {np.asarray(classes).tolist()}; probe files "
+                "and bundles store 0/1 labels only (1 = the state detected). Refit on y == positive_label "
+                "as 0/1 before saving."
+            )
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.is_fitted
+
+    def _fit_labels(self, y: Any, n: int, who: str) -> np.ndarray:
+        """Validate ``y`` (binary), store ``classes_`` and return the labels encoded 0/1."""
+        from probes.train._validate import encode_labels
+
+        y01, self.classes_ = encode_labels(y, n, who)
+        return y01
+
     def _check_fitted(self) -> None:
         if not self.is_fitted:
-            raise NotFittedError(
+            raise ProbeNotFittedError(
                 f"This {type(self).__name__} is not fitted yet. Call fit(X, y) before using it."
             )
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({params})"
+
+
+class ClassifierProbe(ClassifierMixin, Probe):
+    """A supervised (binary) probe: scikit-learn's classifier tags, ``score`` (accuracy) and ``classes_``.
+
+    ``classes_`` defaults to ``[0, 1]`` for probes rebuilt from a file (bundles store 0/1 labels).
+    """
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # binary: one direction, one sign convention
+        return tags
 
 
 def as_float_tensor(X: ArrayLike) -> torch.Tensor:
@@ -145,6 +221,10 @@ def probe_from_state(kind: str, params: dict[str, Any], tensors: dict[str, torch
     """Rebuild a fitted probe from its kind, hyperparameters and learned tensors."""
     import probes.train  # noqa: F401  (registers the built-in probe types)
 
-    if kind not in PROBE_TYPES:
-        raise KeyError(f"Unknown probe kind {kind!r}; known: {', '.join(sorted(PROBE_TYPES))}")
-    return PROBE_TYPES[kind](**params).load_state_tensors(tensors)
+    if kind not in PROBE_REGISTRY:
+        raise KeyError(f"Unknown probe kind {kind!r}; known: {', '.join(sorted(PROBE_REGISTRY))}")
+    cls, preset = PROBE_REGISTRY[kind]
+    probe = cls(**{**preset, **params}).load_state_tensors(tensors)
+    if isinstance(probe, ClassifierProbe) and not hasattr(probe, "classes_"):
+        probe.classes_ = np.array([0, 1], dtype=np.int64)  # files store probes trained on 0/1 labels
+    return probe

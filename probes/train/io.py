@@ -39,15 +39,16 @@ def save_probe(probe: Probe, path: str | os.PathLike[str]) -> Path:
     """Write a fitted probe to ``path`` atomically (a temp file in the same folder, then ``os.replace``)."""
     from safetensors.torch import save_file
 
-    import probes
+    from probes._version import __version__
 
+    probe.check_saveable()
     tensors = {k: v.detach().cpu().contiguous() for k, v in probe.state_tensors().items()}
     params_json = json.dumps(probe.get_params(), sort_keys=True)
     metadata = {
         "kind": probe.kind,
         "params": params_json,
         "format_version": str(FORMAT_VERSION),
-        "probes_version": probes.__version__,
+        "probes_version": __version__,
         "sha256": _digest(probe.kind, params_json, tensors),
     }
     path = Path(path)

@@ -18,12 +18,11 @@ from probes.errors import BundleError
 from probes.train._logistic_fit import fit_logistic_batched, fit_logistic_sklearn, standardizer_stats
 from probes.train._validate import (
     check_groups,
-    check_labels,
     check_matrix,
     check_n_features,
     cv_splits,
 )
-from probes.train.base import ArrayLike, Probe, register_probe
+from probes.train.base import ArrayLike, ClassifierProbe, Probe, register_probe
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
@@ -72,7 +71,7 @@ class LinearProbe(Probe):
         self.mean_ = torch.as_tensor(mean, dtype=torch.float32)
         self.scale_ = torch.as_tensor(scale, dtype=torch.float32)
         self.n_features_in_ = int(len(w_raw))
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         self._check_fitted()
@@ -100,7 +99,7 @@ class LinearProbe(Probe):
         for name in self._extra_state:
             setattr(self, f"{name}_", tensors[name])
         self.n_features_in_ = d
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self
 
 
@@ -111,7 +110,7 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 @register_probe
-class LogisticProbe(LinearProbe):
+class LogisticProbe(ClassifierProbe, LinearProbe):
     """L2-regularised logistic regression on standardised activations.
 
     Same objective as scikit-learn's ``LogisticRegression(C=C)`` (the intercept is not penalised).
@@ -148,9 +147,15 @@ class LogisticProbe(LinearProbe):
     def _validate_params(self) -> None:
         if not float(self.C) > 0:
             raise ValueError(f"LogisticProbe: C must be > 0 (inverse regularisation); got {self.C}.")
-        if self.class_weight not in (None, "balanced"):
+        if not (self.class_weight in (None, "balanced") or isinstance(self.class_weight, dict)):
             raise ValueError(
-                f"LogisticProbe: class_weight must be None or 'balanced'; got {self.class_weight!r}."
+                "LogisticProbe: class_weight must be None, 'balanced' or a {label: weight} dict; "
+                f"got {self.class_weight!r}."
+            )
+        if isinstance(self.class_weight, dict) and self.backend == "torch":
+            raise ValueError(
+                "LogisticProbe: a class_weight dict needs backend='sklearn' (the torch backend takes "
+                "None or 'balanced')."
             )
         if self.backend not in ("sklearn", "torch"):
             raise ValueError(f"LogisticProbe: backend must be 'sklearn' or 'torch'; got {self.backend!r}.")
@@ -162,8 +167,9 @@ class LogisticProbe(LinearProbe):
     def fit(self, X: ArrayLike, y: ArrayLike, groups: Any = None) -> LogisticProbe:
         self._validate_params()
         Xt = check_matrix(X, "LogisticProbe.fit")
-        y_np = check_labels(y, Xt.shape[0], "LogisticProbe.fit")
+        y_np = self._fit_labels(y, Xt.shape[0], "LogisticProbe.fit")
         g = check_groups(groups, Xt.shape[0], "LogisticProbe.fit")
+        self._class_weight = self._encoded_class_weight()
         C = float(self.C)
         if self.cv is not None:
             C = self._choose_C(Xt, y_np, g)
@@ -179,7 +185,7 @@ class LogisticProbe(LinearProbe):
             )[0]
             for name in ("coef_", "intercept_", "mean_", "scale_", "n_features_in_", "n_iter_"):
                 setattr(self, name, getattr(fitted, name))
-            self.__dict__.pop("_device_cache", None)
+            self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         else:
             w, b, mean, scale, n_iter = self._fit_sklearn(Xt, y_np, C)
             self._set_linear(w, b, mean, scale)
@@ -187,11 +193,18 @@ class LogisticProbe(LinearProbe):
         self.C_ = torch.tensor([C], dtype=torch.float64)
         return self
 
+    def _encoded_class_weight(self) -> str | dict[int, float] | None:
+        """``class_weight`` keyed by the encoded labels 0/1 (a dict is keyed by the caller's labels)."""
+        cw = self.class_weight
+        if not isinstance(cw, dict):
+            return cw
+        return {k: float(cw.get(label, 1.0)) for k, label in enumerate(self.classes_.tolist())}
+
     def _fit_sklearn(
         self, X: torch.Tensor, y: np.ndarray, C: float
     ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, int]:
         return fit_logistic_sklearn(
-            X, y, C, self.standardize, self.fit_intercept, self.max_iter, self.class_weight
+            X, y, C, self.standardize, self.fit_intercept, self.max_iter, self.__dict__["_class_weight"]
         )
 
     def _choose_C(self, X: torch.Tensor, y: np.ndarray, groups: np.ndarray | None) -> float:
@@ -224,7 +237,7 @@ class LogisticProbe(LinearProbe):
 
 
 @register_probe
-class DiffMeansProbe(LinearProbe):
+class DiffMeansProbe(ClassifierProbe, LinearProbe):
     """Mass-mean probe: direction ``mu+ - mu-``, threshold at the midpoint of the class means.
 
     ``lda=False``: ``w = (mu+ - mu-) / sigma^2`` with ``sigma^2`` the average pooled within-class variance,
@@ -250,7 +263,7 @@ class DiffMeansProbe(LinearProbe):
                 f"DiffMeansProbe: shrinkage must be 'auto' or a float in [0, 1]; got {self.shrinkage!r}."
             )
         Xt = check_matrix(X, "DiffMeansProbe.fit")
-        y_np = check_labels(y, Xt.shape[0], "DiffMeansProbe.fit")
+        y_np = self._fit_labels(y, Xt.shape[0], "DiffMeansProbe.fit")
         check_groups(groups, Xt.shape[0], "DiffMeansProbe.fit")
         mean, scale = standardizer_stats(Xt, self.standardize)
         m_t, s_t = torch.as_tensor(mean, device=Xt.device), torch.as_tensor(scale, device=Xt.device)

@@ -10,18 +10,17 @@ from probes.errors import BundleError
 from probes.train._torch_fit import check_training_params, standardizer, train_early_stopped
 from probes.train._validate import (
     check_groups,
-    check_labels,
     check_matrix,
     check_n_features,
     holdout_split,
 )
-from probes.train.base import ArrayLike, Probe, register_probe
+from probes.train.base import ArrayLike, ClassifierProbe, register_probe
 
 _STATE = ("hidden_weight", "hidden_bias", "out_weight", "out_bias", "mean", "scale")
 
 
 @register_probe
-class MLPProbe(Probe):
+class MLPProbe(ClassifierProbe):
     """``Linear(d, hidden) -> ReLU -> Linear(hidden, 1)`` on standardised inputs, trained with BCE.
 
     AdamW on mini-batches; a seeded validation split (grouped when ``fit`` gets ``groups``) picks the
@@ -63,7 +62,7 @@ class MLPProbe(Probe):
             who, self.lr, self.max_epochs, self.batch_size, self.val_fraction, self.patience
         )
         Xt = check_matrix(X, who)
-        y_np = check_labels(y, Xt.shape[0], who)
+        y_np = self._fit_labels(y, Xt.shape[0], who)
         g = check_groups(groups, Xt.shape[0], who)
         tr, va = holdout_split(y_np, g, float(self.val_fraction), int(self.seed))
         dev = torch.device(self.device)
@@ -113,7 +112,7 @@ class MLPProbe(Probe):
         self.best_epoch_ = result.best_epoch
         self.val_loss_ = result.val_loss
         self.n_features_in_ = int(Xt.shape[1])
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self
 
     def _weights_on(self, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -158,5 +157,5 @@ class MLPProbe(Probe):
         for k in _STATE:
             setattr(self, f"{k}_", tensors[k].to(torch.float32))
         self.n_features_in_ = int(W1.shape[1])
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self

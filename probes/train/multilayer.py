@@ -29,13 +29,13 @@ import torch
 from probes.collection.activations import RaggedTokens
 from probes.errors import BundleError
 from probes.train._logistic_fit import fit_logistic_sklearn
-from probes.train._validate import check_groups, check_labels, check_matrix, cv_splits
-from probes.train.base import Probe, register_probe
+from probes.train._validate import check_groups, check_matrix, cv_splits
+from probes.train.base import ClassifierProbe, register_probe
 
 SiteInput = Any  # Activations | Mapping[str, (n, d)] | (n, n_sites, d) tensor or array
 
 
-class MultiSiteProbe(Probe):
+class MultiSiteProbe(ClassifierProbe):
     """Shared input handling, scoring and persistence of probes linear in several sites."""
 
     #: True for probes that read several sites (a monitor streams them with :meth:`linear_forms`).
@@ -156,7 +156,7 @@ class MultiSiteProbe(Probe):
         self.intercept_ = torch.tensor([float(intercept)], dtype=torch.float32)
         self.sites_ = list(sites)
         self.n_features_in_ = int(coef.shape[1])
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
 
     @property
     def n_sites_(self) -> int:
@@ -231,7 +231,7 @@ class StackedProbe(MultiSiteProbe):
         self.__dict__.pop("n_features_in_", None)
         Xt, sites = self._stack(X, who)
         check_matrix(Xt[:, 0], who)
-        y_np = check_labels(y, int(Xt.shape[0]), who)
+        y_np = self._fit_labels(y, int(Xt.shape[0]), who)
         g = check_groups(groups, int(Xt.shape[0]), who)
         folds = cv_splits(y_np, g, int(self.cv), int(self.seed))
         per_site = [Xt[:, i] for i in range(len(sites))]
@@ -326,6 +326,7 @@ class ConcatProbe(MultiSiteProbe):
             seed=self.seed,
         ).fit(Xt.reshape(n, n_sites * d), y, groups=groups)
         self.C_ = inner.C_
+        self.classes_ = inner.classes_
         self._set_fitted(inner.coef_.double().numpy().reshape(n_sites, d), float(inner.intercept_), sites)
         return self
 

@@ -18,7 +18,6 @@ from probes.train._logistic_fit import fit_logistic_sklearn
 from probes.train._torch_fit import check_training_params, standardizer, train_early_stopped
 from probes.train._validate import (
     check_groups,
-    check_labels,
     check_n_features,
     check_ragged,
     holdout_split,
@@ -31,12 +30,12 @@ from probes.train.aggregate import (
     check_aggregation,
     segment_ids,
 )
-from probes.train.base import ArrayLike, Probe, register_probe
+from probes.train.base import ArrayLike, ClassifierProbe, register_probe
 from probes.train.linear import LinearProbe, fit_logistic_many
 
 
 @register_probe
-class TokenProbe(LinearProbe):
+class TokenProbe(ClassifierProbe, LinearProbe):
     """Per-token logistic scorer plus a sequence aggregation.
 
     Training, in two steps:
@@ -87,7 +86,7 @@ class TokenProbe(LinearProbe):
         if self.backend not in ("sklearn", "torch"):
             raise ValueError(f"{who}: backend must be 'sklearn' or 'torch'; got {self.backend!r}.")
         X = check_ragged(X, who)
-        y_np = check_labels(y, len(X), who)
+        y_np = self._fit_labels(y, len(X), who)
         check_groups(groups, len(X), who)
         offsets = X.offsets.to(torch.long).cpu()
         lengths = (offsets[1:] - offsets[:-1]).numpy()
@@ -131,7 +130,7 @@ class TokenProbe(LinearProbe):
         self.coef_ = (self.coef_.double() * a).float()
         self.intercept_ = (self.intercept_.double() * a + c).float()
         self.calibration_ = torch.tensor([a, c], dtype=torch.float64)
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self
 
     def score_tokens(self, X: RaggedTokens) -> torch.Tensor:
@@ -161,7 +160,7 @@ _ATTN_STATE = ("query", "value_coef", "value_intercept", "mean", "scale")
 
 
 @register_probe
-class AttentionProbe(Probe):
+class AttentionProbe(ClassifierProbe):
     """Attention-pooled probe: ``score = sum_t softmax_t(x_t . q) * (x_t . v + b)`` over a sequence's tokens.
 
     With ``window=w`` it is the MultiMax-style variant: the softmax pool is taken over every window of
@@ -213,7 +212,7 @@ class AttentionProbe(Probe):
                 f"{who}: window must be None (whole sequence) or an integer >= 1; got {self.window}."
             )
         X = check_ragged(X, who)
-        y_np = check_labels(y, len(X), who)
+        y_np = self._fit_labels(y, len(X), who)
         g = check_groups(groups, len(X), who)
         tr, va = holdout_split(y_np, g, float(self.val_fraction), int(self.seed))
         dev = torch.device(self.device)
@@ -284,7 +283,7 @@ class AttentionProbe(Probe):
         self.n_epochs_ = result.n_epochs
         self.val_loss_ = result.val_loss
         self.n_features_in_ = d
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self
 
     def attention_form(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -355,5 +354,5 @@ class AttentionProbe(Probe):
             setattr(self, f"{k}_", tensors[k].to(torch.float32))
         self.value_intercept_ = self.value_intercept_.reshape(1)
         self.n_features_in_ = d
-        self.__dict__.pop("_device_cache", None)
+        self._device_cache = {}  # filled per device on first use (predict leaves __dict__ unchanged)
         return self
