@@ -166,7 +166,8 @@ def test_run_writes_every_output_and_separates_the_classes(tiny_run) -> None:
     assert len(r.sweep) == 5  # layers.0 .. layers.4 of a 4-block model
     assert r.test.auroc > 0.85
     assert r.test.threshold_source == "control"
-    assert r.tracking is None  # tracking.enabled=false
+    assert r.tracking is not None and not r.tracking.tracked  # tracking.enabled=false ...
+    assert json.loads((r.run_dir / "tracking.json").read_text())["tracked"] is False  # ... and still recorded
 
     report = json.loads((r.run_dir / "report.json").read_text())
     assert report["chosen_layer"] == r.layer

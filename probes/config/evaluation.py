@@ -55,3 +55,8 @@ class TrackingConfig(Strict):
         description="'warn': finish locally and say the run was not tracked; 'fail': raise TrackingError.",
     )
     log_model: bool = Field(True, description="Log the probe as an MLflow pyfunc model (models-from-code).")
+    register_as: str | None = Field(
+        None,
+        description="Register the logged model in the MLflow model registry under this name (a new version "
+        "per run, linked to the run).",
+    )

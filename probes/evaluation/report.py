@@ -233,6 +233,44 @@ class EvalReport:
             row[f"empirical_fpr_at_{tag}_hi"] = op.empirical_fpr_ci[1]
         return row
 
+    def grouped_metrics(self) -> dict[str, float]:
+        """Headline numbers under MLflow's grouped, slash-separated names (the UI groups charts by the part
+        before the first ``/`` a caller prefixes, e.g. ``test/``): ``auroc``, ``auroc/lo``,
+        ``recall_at_fpr/0.01``, ``recall_at_fpr/0.01/hi``, ``empirical_fpr/0.01``, ``threshold/0.01``, ...
+        Only finite values."""
+        raw: dict[str, Any] = {
+            "auroc": self.auroc,
+            "auroc/lo": self.auroc_ci[0],
+            "auroc/hi": self.auroc_ci[1],
+            "auprc": self.auprc,
+            "accuracy": self.accuracy,
+            "ece": self.ece,
+            "ece/uncalibrated": self.ece_uncalibrated,
+            "brier": self.brier,
+            "n/test": self.n_test,
+            "n/control": self.n_control,
+            "baseline/text/auroc": self.text_baseline_auroc,
+            "baseline/span/auroc": self.text_baseline_span_auroc,
+            "baseline/length/auroc": self.length_baseline_auroc,
+        }
+        for op in self.operating_points:
+            tag = f"{op.target_fpr:g}"
+            raw[f"recall_at_fpr/{tag}"] = op.recall
+            raw[f"recall_at_fpr/{tag}/lo"] = op.recall_ci[0]
+            raw[f"recall_at_fpr/{tag}/hi"] = op.recall_ci[1]
+            raw[f"threshold/{tag}"] = op.threshold
+            raw[f"empirical_fpr/{tag}"] = op.empirical_fpr
+            raw[f"empirical_fpr/{tag}/lo"] = op.empirical_fpr_ci[0]
+            raw[f"empirical_fpr/{tag}/hi"] = op.empirical_fpr_ci[1]
+            raw[f"empirical_fpr/{tag}/n"] = op.n_control_holdout
+        for transfer in self.threshold_transfer:
+            raw[f"transfer_fpr_max/{transfer.target_fpr:g}"] = transfer.worst[2]
+        return {
+            k: float(v)
+            for k, v in raw.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+        }
+
     def metrics(self) -> dict[str, float]:
         """The finite numeric entries of :meth:`summary_row` (for ``mlflow.log_metrics``)."""
         out: dict[str, float] = {}

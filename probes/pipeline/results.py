@@ -223,6 +223,7 @@ class TrainResult:
     probe_params: dict[str, Any]
     sweep: list[dict[str, Any]]
     thresholds: list[dict[str, Any]]
+    tracking: TrackingOutcome | None = None
 
     def table(self) -> Any:
         from rich.table import Table

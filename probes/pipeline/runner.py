@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from probes.config import RunConfig
@@ -28,6 +29,7 @@ from probes.pipeline.outputs import (
 from probes.pipeline.prepare import _prepare, _Prepared, _rows_of, _two_class, control_for_evaluate
 from probes.pipeline.results import LogReporter, Reporter, RunResult, _fmt, _timed
 from probes.pipeline.sweep import _site_index, _sweep
+from probes.pipeline.thresholds import set_thresholds
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.collection import Activations
@@ -130,7 +132,11 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             probe,
             site,
             run_dir,
-            _thresholds_from_report(test_report, prep.control_ds),
+            # One function sets thresholds for run and train alike; without a control set the report's
+            # (from test negatives, flagged as such) are all there is.
+            set_thresholds(probe, prep, site)
+            if prep.control_ds is not None
+            else _thresholds_from_report(test_report, prep.control_ds),
             test_report.calibrator,
             {"test_auroc": test_report.auroc, "probe_params": params},
         )
@@ -171,13 +177,48 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
         result.run_dir = run_dir = _publish_run_dir(run_dir)
         result.bundle_dir = run_dir / bundle_dir.name
 
-    if config.tracking.enabled:
-        with _timed(timings, "track", reporter, "Logging to MLflow"):
-            result.tracking = _track(result, prep)
-        _write_json(run_dir / "tracking.json", result.tracking.to_dict())
-        if not result.tracking.tracked:
-            reporter.warn(result.tracking.message)
+    with _timed(timings, "track", reporter if config.tracking.enabled else None, "Logging to MLflow"):
+        result.tracking = track_run(
+            config,
+            prep,
+            run_dir=run_dir,
+            bundle_dir=result.bundle_dir,
+            layer=site,
+            sweep_rows=sweep_rows,
+            metrics=run_metrics(result),
+        )
+    if config.tracking.enabled and not result.tracking.tracked:
+        reporter.warn(result.tracking.message)
     return result
+
+
+def run_metrics(result: RunResult) -> dict[str, float]:
+    """The chosen layer's numbers under MLflow's grouped names: ``test/auroc``,
+    ``test/recall_at_fpr/0.01``, ``eval/<set>/auroc``, ``eval/<set>/flag_rate``, ``test/baseline/text/auroc``."""
+    metrics = {f"test/{k}": v for k, v in result.test.grouped_metrics().items()}
+    for name, rep in result.evals.items():
+        key = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
+        if isinstance(rep, dict):
+            metrics[f"eval/{key}/flag_rate"] = rep["flag_rate"]
+        else:
+            metrics.update({f"eval/{key}/{k}": v for k, v in rep.grouped_metrics().items()})
+    for key in ("text", "span", "length"):
+        b = result.baselines.get(key)
+        if b is not None:
+            metrics[f"test/baseline/{key}/auroc"] = b.auroc
+    extra = getattr(result, "second_opinions", None)
+    if extra is not None:  # detectors: and stages:, grouped as detector/<name>/... and cascade/...
+        for d in extra.detectors:
+            key = re.sub(r"[^A-Za-z0-9_.\-]", "_", d.config.name)
+            metrics.update({f"detector/{key}/{k}": v for k, v in d.report.metrics().items()})
+        metrics.update(
+            {
+                f"cascade/{k[len('cascade_') :]}": v
+                for k, v in extra.metrics().items()
+                if k.startswith("cascade_")
+            }
+        )
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
 
 def _generalization(prep: _Prepared, site: str, params: dict[str, Any]) -> tuple[Any, str | None]:
@@ -318,35 +359,41 @@ def _flag_rate(probe: Any, acts: Activations, site: str, threshold: float) -> di
     }
 
 
-def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
-    """Log params, per-layer sweep metrics, test/eval/baseline metrics, tags and the run folder to MLflow."""
-    from probes._version import __version__
-    from probes.track import git_commit, log_run
+def track_run(
+    config: RunConfig,
+    prep: _Prepared,
+    *,
+    run_dir: Path,
+    bundle_dir: Path | None,
+    layer: str,
+    sweep_rows: list[dict[str, Any]],
+    metrics: dict[str, float],
+) -> TrackingOutcome:
+    """Log a finished ``probes run`` or ``probes train`` to MLflow and write its ``tracking.json`` (always:
+    also when tracking is disabled, unreachable or fails with ``on_error: fail``).
 
-    config = result.config
-    n_layers = int(prep.fingerprint.get("num_layers") or 0)
+    Params are the flattened config; ``sweep/val_auroc`` (``/lo``, ``/hi``) and ``sweep/test_auroc`` are step
+    series over the layer index; every dataset is an MLflow input with its fingerprint.
+    """
+    from probes._version import __version__
+    from probes.track import git_commit, log_run, not_tracked_outcome, write_outcome
+
     t = config.tracking
+    if not t.enabled:
+        outcome = not_tracked_outcome("tracking.enabled is false: the run was not logged to MLflow.")
+        write_outcome(run_dir / "tracking.json", outcome)
+        return outcome
+    n_layers = int(prep.fingerprint.get("num_layers") or 0)
     layer_metrics = []
-    for row in result.sweep:
-        values = {k: row.get(k) for k in ("val_auroc", "val_auroc_lo", "val_auroc_hi", "test_auroc")}
-        layer_metrics.append(
-            (_site_index(row["layer"], n_layers), {f"sweep_{k}": v for k, v in values.items()})
-        )
-    metrics = {f"test_{k}": v for k, v in result.test.metrics().items()}
-    for name, rep in result.evals.items():
-        key = re.sub(r"[^A-Za-z0-9_]", "_", name)
-        if isinstance(rep, dict):
-            metrics[f"eval_{key}_flag_rate"] = rep["flag_rate"]
-        else:
-            metrics.update({f"eval_{key}_{k}": v for k, v in rep.metrics().items()})
-    for key in ("text", "span", "length"):
-        b = result.baselines.get(key)
-        if b is not None:
-            metrics[f"baseline_{key}_auroc"] = b.auroc
-    if result.second_opinions is not None:
-        metrics.update(result.second_opinions.metrics())
-    metrics["chosen_layer_index"] = _site_index(result.layer, n_layers)
-    metrics = {k: v for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+    for row in sweep_rows:
+        values = {
+            "sweep/val_auroc": row.get("val_auroc"),
+            "sweep/val_auroc/lo": row.get("val_auroc_lo"),
+            "sweep/val_auroc/hi": row.get("val_auroc_hi"),
+            "sweep/test_auroc": row.get("test_auroc"),
+        }
+        layer_metrics.append((_site_index(row["layer"], n_layers), values))
+    metrics = {**metrics, "sweep/chosen_layer_index": _site_index(layer, n_layers)}
     fp = prep.fingerprint
     tags = {
         "probes.version": __version__,
@@ -358,32 +405,35 @@ def _track(result: RunResult, prep: _Prepared) -> TrackingOutcome:
         "probes.model_revision": config.model.revision,
         "probes.model_weight_hash": fp.get("weight_hash"),
         "probes.model_architecture": fp.get("architecture"),
-        "probes.layer": result.layer,
+        "probes.layer": layer,
         "probes.probe_kind": config.probe.kind,
         "probes.reproducible": "false" if prep.warnings else "true",
     }
-    for role, info in result.datasets.items():
+    datasets = _datasets_info(prep)
+    for role, info in datasets.items():
         tags[f"probes.dataset.{role}.fingerprint"] = info["fingerprint"]
         tags[f"probes.dataset.{role}.name"] = info["name"]
     tags.update(t.tags)
     params = dict(config.flat())
     params["overrides"] = " ".join(config.overrides) or "none"
-    params["chosen_layer"] = result.layer
-    example = None
-    first = prep.acts["test"][result.layer]
-    if not hasattr(first, "offsets"):  # token-level activations cannot be a flat (n, d) model input
-        example = first[:5].float().cpu().numpy()
+    params["chosen_layer"] = layer
+    first = prep.acts["test"][layer]
+    # Token probes take ragged input (a list of (tokens, d) arrays): no flat example to infer a signature from.
+    example = None if hasattr(first, "offsets") else first[:5].float().cpu().numpy()
     return log_run(
-        run_name=result.run_dir.name,
+        run_name=run_dir.name,
         experiment=t.experiment,
         tracking_uri=t.tracking_uri,
         params=params,
         layer_metrics=layer_metrics,
         metrics=metrics,
         tags=tags,
-        run_dir=result.run_dir,
-        bundle_dir=result.bundle_dir,
+        run_dir=run_dir,
+        bundle_dir=bundle_dir,
         example_features=example,
-        log_model=t.log_model and example is not None,
+        log_model=t.log_model,
         on_error=t.on_error,
+        datasets=datasets,
+        register_as=t.register_as,
+        outcome_path=run_dir / "tracking.json",
     )

@@ -5,7 +5,7 @@ behind ``probes validate``. ``collect_stage`` and ``train_stage`` reuse the run'
 
 from __future__ import annotations
 
-import math
+import contextlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +19,6 @@ from probes.pipeline.outputs import (
     _publish_run_dir,
     _save_bundle,
     _slug,
-    _threshold_record,
     _write_json,
 )
 from probes.pipeline.prepare import (
@@ -34,7 +33,9 @@ from probes.pipeline.prepare import (
     split_train,
 )
 from probes.pipeline.results import EvaluateResult, LogReporter, Reporter, TrainResult
+from probes.pipeline.runner import track_run
 from probes.pipeline.sweep import _probe_params, _sweep
+from probes.pipeline.thresholds import set_thresholds
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.collection import Activations
@@ -48,27 +49,14 @@ def collect_stage(config: RunConfig, *, reporter: Reporter | None = None) -> lis
 
 
 def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> TrainResult:
-    """Collect, sweep, choose the layer on validation and save the bundle (thresholds from the control set)."""
-    import numpy as np
-
-    from probes.evaluation import conformal_threshold
-
+    """Collect, sweep, choose the layer on validation, save the bundle (thresholds set by
+    :func:`set_thresholds`, exactly as ``probes run`` sets them) and track it like a run."""
     reporter = reporter or LogReporter()
     prep = _prepare(config, reporter)
     sweep, params, rows = _sweep(prep, reporter)
     site = sweep.best_layer
     probe = sweep.probes[site]
-    thresholds: list[dict[str, Any]] = []
-    if prep.control_ds is not None:
-        scores = np.asarray(probe.decision_function(prep.acts["control"][site]), dtype=np.float64)
-        for fpr in config.evaluation.target_fprs:
-            value = conformal_threshold(scores, fpr)
-            if math.isfinite(value):
-                thresholds.append(_threshold_record(value, fpr, len(scores), prep.control_ds))
-            else:
-                reporter.warn(f"control set too small for target FPR {fpr:g}: no threshold stored for it.")
-    else:
-        reporter.warn("no control set: the bundle has no threshold (set data.control to calibrate one).")
+    thresholds = set_thresholds(probe, prep, site, reporter)
     from probes.pipeline.detectors import add_detectors_to_bundle, fit_detectors
 
     detectors = fit_detectors(prep, site, reporter)  # detectors: go in the bundle beside the probe
@@ -81,7 +69,7 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
     )
     run_dir = _publish_run_dir(run_dir)
     bundle_dir = run_dir / bundle_dir.name
-    return TrainResult(
+    result = TrainResult(
         run_dir=run_dir,
         bundle_dir=bundle_dir,
         layer=site,
@@ -89,6 +77,13 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
         sweep=rows,
         thresholds=thresholds,
     )
+    with reporter.stage("Logging to MLflow") if config.tracking.enabled else contextlib.nullcontext():
+        result.tracking = track_run(
+            config, prep, run_dir=run_dir, bundle_dir=bundle_dir, layer=site, sweep_rows=rows, metrics={}
+        )
+    if config.tracking.enabled and not result.tracking.tracked:
+        reporter.warn(result.tracking.message)
+    return result
 
 
 def evaluate_run(

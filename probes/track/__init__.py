@@ -5,9 +5,22 @@ from probes.track.tracking import (
     TrackingOutcome,
     check_reachable,
     default_tracking_uri,
+    end_unfinished_runs,
     git_commit,
     log_run,
+    not_tracked_outcome,
     pull,
+    write_outcome,
 )
 
-__all__ = ["TrackingOutcome", "check_reachable", "default_tracking_uri", "git_commit", "log_run", "pull"]
+__all__ = [
+    "TrackingOutcome",
+    "check_reachable",
+    "default_tracking_uri",
+    "end_unfinished_runs",
+    "git_commit",
+    "log_run",
+    "not_tracked_outcome",
+    "pull",
+    "write_outcome",
+]

@@ -5,6 +5,7 @@ model object. ``load_context`` reads the bundle (safetensors + JSON) once; ``pre
 
     model = mlflow.pyfunc.load_model("runs:/<run_id>/probe")   # or the models:/ URI the run printed
     model.predict(features)   # (n, d) ndarray or DataFrame of pooled activations at the probe's site
+    model.predict([a, b])     # a token probe: one (tokens, d) array per text
 
 and returns a DataFrame with ``score`` (decision function: higher = more of the positive class),
 ``probability`` (calibrated) and ``flagged`` (``score > threshold``, the threshold calibrated on the
@@ -39,6 +40,8 @@ class ProbeBundleModel(PythonModel):
         import pandas as pd
         import torch
 
+        if getattr(self.entry.probe, "token_level", False):
+            return self._predict_tokens(model_input)
         if isinstance(model_input, pd.DataFrame):
             X = model_input.to_numpy(dtype=np.float32)
         elif isinstance(model_input, dict):  # named-tensor input: take the only tensor
@@ -49,7 +52,45 @@ class ProbeBundleModel(PythonModel):
             X = X[None, :]
         with torch.inference_mode():
             scores = self.entry.score(torch.from_numpy(np.ascontiguousarray(X)))
-            probability = self.entry.calibrate(scores)
+        return self._frame(scores)
+
+    def _predict_tokens(self, model_input):  # noqa: ANN001, ANN202
+        """A token probe reads every token of a text: a list of ``(tokens, d)`` arrays, one per text (a
+        DataFrame's first column of them, or one ``(tokens, d)`` array for a single text)."""
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        from probes.collection import RaggedTokens
+
+        if isinstance(model_input, pd.DataFrame):
+            model_input = list(model_input.iloc[:, 0])
+        elif isinstance(model_input, np.ndarray) and model_input.dtype != object and model_input.ndim == 2:
+            model_input = [model_input]
+        pieces = [
+            torch.as_tensor(np.asarray(np.stack(list(x)) if np.ndim(x) == 1 else x, dtype=np.float32))
+            for x in model_input
+        ]
+        if not pieces or any(p.ndim != 2 or len(p) == 0 for p in pieces):
+            raise ValueError(
+                "A token probe takes a list of (tokens, d) arrays, one per text, each non-empty."
+            )
+        lengths = torch.tensor([len(p) for p in pieces], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+        values = torch.cat(pieces)
+        norm = self.entry.normalization
+        if norm is not None:
+            values = (values - norm["mean"].float().reshape(-1)) / norm["scale"].float().reshape(-1)
+        ragged = RaggedTokens(values, offsets)
+        with torch.inference_mode():
+            scores = self.entry.probe.score_torch(ragged)
+        return self._frame(scores)
+
+    def _frame(self, scores):  # noqa: ANN001, ANN202
+        import numpy as np
+        import pandas as pd
+
+        probability = self.entry.calibrate(scores)
         scores_np = scores.float().cpu().numpy().astype(np.float64)
         out = pd.DataFrame(
             {"score": scores_np, "probability": probability.float().cpu().numpy().astype(np.float64)}

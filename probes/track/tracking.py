@@ -4,15 +4,23 @@ Layout of an MLflow run written by :func:`log_run`:
 
 - params: the flattened config (``model.name_or_path``, ``probe.kind``, ``data.splits.train``, ...) plus
   ``overrides`` (the ``--set`` items);
-- metrics: ``val_auroc`` / ``val_<metric>`` logged once per swept layer with ``step = layer index`` (the layer
-  sweep is a chart in the MLflow UI), and ``test_*``, ``control_*``, ``eval_<name>_*``, ``baseline_*`` for
-  the chosen layer;
+- metrics, grouped by MLflow's ``/`` convention so the UI shows one section per group: ``sweep/val_auroc``
+  (and ``sweep/val_auroc/lo|hi``, ``sweep/test_auroc``) logged once per swept layer with ``step = layer index``
+  (the layer sweep is a chart), ``test/auroc``, ``test/recall_at_fpr/0.01``, ``eval/<set>/...``,
+  ``test/baseline/text/auroc`` for the chosen layer;
+- datasets: every dataset of the run with ``mlflow.log_input`` (context = its role, digest = the start of its
+  fingerprint, the full fingerprint as the input tag ``probes.fingerprint``), listed in the Datasets tab;
 - tags: ``probes.version``, ``probes.git_commit``, ``probes.model``, ``probes.model_revision``,
   ``probes.model_weight_hash``, ``probes.layer``, ``probes.dataset.<role>.fingerprint``, ``probes.config``,
   plus the config's ``tracking.tags``;
 - artifacts: everything in the run folder (``report.json``, ``config.yaml``, ``plots/``, ``bundle/``, ...);
 - a logged MLflow model named ``probe``: a pyfunc model-from-code (:mod:`probes.track.pyfunc_model`) whose
-  artifact is the bundle; ``mlflow.pyfunc.load_model(model_uri).predict(features)`` scores activations.
+  artifact is the bundle; ``mlflow.pyfunc.load_model(model_uri).predict(features)`` scores activations (a
+  list of ``(tokens, d)`` arrays for token probes). ``register_as`` registers it as a model version.
+
+A run whose logging fails after MLflow created it is ended ``FAILED``; when the server cannot be reached to
+say so, the run id is kept in ``<probes cache>/tracking_unfinished.json`` and ended ``FAILED`` by the next
+``log_run`` that reaches that server. The run folder's ``tracking.json`` is written in every case.
 
 Nothing here imports mlflow at module level.
 """
@@ -31,7 +39,16 @@ from typing import Any
 
 from probes.errors import TrackingError
 
-__all__ = ["TrackingOutcome", "default_tracking_uri", "git_commit", "log_run", "pull"]
+__all__ = [
+    "TrackingOutcome",
+    "default_tracking_uri",
+    "end_unfinished_runs",
+    "git_commit",
+    "log_run",
+    "not_tracked_outcome",
+    "pull",
+    "write_outcome",
+]
 
 MODEL_NAME = "probe"
 BUNDLE_ARTIFACT = "bundle"
@@ -53,6 +70,14 @@ class TrackingOutcome:
     run_id: str | None = None
     experiment_id: str | None = None
     model_uri: str | None = None
+    #: ``FINISHED`` when tracked; ``FAILED`` when MLflow created the run and was told it failed;
+    #: ``FAILED (pending)`` when the server could not be told (the next run that reaches it ends it FAILED);
+    #: ``None`` when no MLflow run exists (disabled, unreachable before the start).
+    status: str | None = None
+    registered_model: str | None = None
+    model_version: str | None = None
+    #: runs of earlier failures that this call ended FAILED on the server
+    resolved_failed_runs: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,7 +87,16 @@ class TrackingOutcome:
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
             "model_uri": self.model_uri,
+            "status": self.status,
+            "registered_model": self.registered_model,
+            "model_version": self.model_version,
+            "resolved_failed_runs": list(self.resolved_failed_runs),
         }
+
+
+def not_tracked_outcome(why: str, tracking_uri: str | None = None) -> TrackingOutcome:
+    """The outcome of a run that did not try MLflow at all (e.g. ``tracking.enabled: false``)."""
+    return TrackingOutcome(tracked=False, tracking_uri=tracking_uri or "", message=why)
 
 
 def default_tracking_uri() -> str:
@@ -144,16 +178,101 @@ def check_reachable(uri: str, timeout: float = 3.0) -> str | None:
     return None
 
 
-def _not_tracked(uri: str, why: str, on_error: str, run_dir: Path | None) -> TrackingOutcome:
+def _not_tracked(
+    uri: str,
+    why: str,
+    on_error: str,
+    run_dir: Path | None,
+    *,
+    run_id: str | None = None,
+    status: str | None = None,
+    outcome_path: Path | None = None,
+) -> TrackingOutcome:
     where = f" Results are in {run_dir}." if run_dir is not None else ""
     message = (
         f"NOT TRACKED: the run was not logged to MLflow at {uri}: {why}.{where} "
         "Start the server (or fix tracking.tracking_uri / $MLFLOW_TRACKING_URI), or set "
         "tracking.enabled=false to run without MLflow."
     )
+    outcome = TrackingOutcome(tracked=False, tracking_uri=uri, message=message, run_id=run_id, status=status)
+    if outcome_path is not None:  # written before raising: tracking.json exists whatever on_error says
+        write_outcome(outcome_path, outcome)
     if on_error == "fail":
         raise TrackingError(message + " (tracking.on_error=fail)")
-    return TrackingOutcome(tracked=False, tracking_uri=uri, message=message)
+    return outcome
+
+
+def write_outcome(path: Path, outcome: TrackingOutcome) -> None:
+    """Write ``tracking.json`` (what happened to tracking) atomically."""
+    import json
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(outcome.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- runs left RUNNING by a failure the server could not be told about -------------------------------------
+def _unfinished_path() -> Path:
+    from probes.models.gguf import cache_root
+
+    return cache_root() / "tracking_unfinished.json"
+
+
+def _read_unfinished() -> list[dict[str, str]]:
+    import json
+
+    path = _unfinished_path()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [d for d in data if isinstance(d, dict) and "run_id" in d and "tracking_uri" in d]
+
+
+def _write_unfinished(entries: list[dict[str, str]]) -> None:
+    import json
+
+    path = _unfinished_path()
+    with contextlib.suppress(OSError):
+        if not entries:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def _remember_unfinished(uri: str, run_id: str) -> None:
+    entries = [e for e in _read_unfinished() if e["run_id"] != run_id]
+    _write_unfinished([*entries, {"tracking_uri": uri, "run_id": run_id}])
+
+
+def end_unfinished_runs(uri: str) -> tuple[str, ...]:
+    """End ``FAILED`` every run of ``uri`` that an earlier failure left ``RUNNING`` (see the module doc).
+
+    Returns the run ids it ended; entries it cannot settle now stay for the next call.
+    """
+    import mlflow
+
+    entries = _read_unfinished()
+    mine = [e for e in entries if e["tracking_uri"] == uri]
+    if not mine:
+        return ()
+    client = mlflow.tracking.MlflowClient(uri)
+    done: list[str] = []
+    for entry in mine:
+        try:
+            run = client.get_run(entry["run_id"])
+            if run.info.status == "RUNNING":
+                client.set_terminated(entry["run_id"], status="FAILED")
+            done.append(entry["run_id"])
+        except Exception as exc:  # noqa: BLE001 - keep the entry for the next call unless the run is gone
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc):
+                done.append(entry["run_id"])
+    _write_unfinished([e for e in _read_unfinished() if e["run_id"] not in done])
+    return tuple(done)
 
 
 def log_run(
@@ -170,25 +289,41 @@ def log_run(
     example_features: Any = None,
     log_model: bool = True,
     on_error: str = "warn",
+    datasets: Mapping[str, Mapping[str, Any]] | None = None,
+    register_as: str | None = None,
+    outcome_path: Path | None = None,
+    _during_run: Any = None,
 ) -> TrackingOutcome:
     """Log one finished run; never loses local results (they are already on disk when this is called).
 
-    ``layer_metrics`` is ``[(layer_index, {"val_auroc": ..., ...}), ...]`` logged as step series. With
-    ``on_error="fail"`` any tracking problem raises :class:`TrackingError`, else it is reported in the
-    returned outcome's ``message``.
+    ``layer_metrics`` is ``[(layer_index, {"sweep/val_auroc": ..., ...}), ...]`` logged as step series;
+    ``datasets`` is ``{role: {"name", "source", "fingerprint", "rows", ...}}`` (``mlflow.log_input``);
+    ``register_as`` registers the logged model under that name. ``outcome_path`` (the run folder's
+    ``tracking.json``) is written before this returns or raises. With ``on_error="fail"`` any tracking problem
+    raises :class:`TrackingError`, else it is reported in the returned outcome's ``message``.
     """
     with _http_defaults():
         try:
             import mlflow
         except ImportError as exc:  # pragma: no cover - mlflow is a dependency
-            return _not_tracked(tracking_uri or "?", f"mlflow is not installed ({exc})", on_error, run_dir)
+            return _not_tracked(
+                tracking_uri or "?",
+                f"mlflow is not installed ({exc})",
+                on_error,
+                run_dir,
+                outcome_path=outcome_path,
+            )
         uri = tracking_uri or default_tracking_uri()
         problem = check_reachable(uri)
         if problem is not None:
-            return _not_tracked(uri, problem, on_error, run_dir)
+            return _not_tracked(uri, problem, on_error, run_dir, outcome_path=outcome_path)
         run_id: str | None = None
+        resolved: tuple[str, ...] = ()
+        registered: tuple[str, str] | None = None
         try:
             with _tracking_uri(uri) as uri:
+                with contextlib.suppress(Exception):  # settling old failures must never fail this run
+                    resolved = end_unfinished_runs(uri)
                 # Looked up through a client rather than mlflow.set_experiment: no global state is left behind.
                 client = mlflow.tracking.MlflowClient(uri)
                 found = client.get_experiment_by_name(experiment)
@@ -197,6 +332,8 @@ def log_run(
                 )
                 with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as active:
                     run_id = active.info.run_id
+                    if _during_run is not None:  # tests: make the server fail while the run is open
+                        _during_run()
                     _log_params(mlflow, params)
                     for step, values in layer_metrics:
                         for key, value in values.items():
@@ -206,6 +343,8 @@ def log_run(
                     if clean:
                         mlflow.log_metrics(clean)
                     mlflow.set_tags({k: str(v) for k, v in (tags or {}).items() if v is not None})
+                    for role, info in (datasets or {}).items():
+                        _log_dataset(mlflow, role, info)
                     if run_dir is not None:
                         mlflow.log_artifacts(str(run_dir))
                     model_uri = None
@@ -213,21 +352,58 @@ def log_run(
                         model_uri = _log_probe_model(mlflow, bundle_dir, example_features)
                     if bundle_dir is not None and (run_dir is None or not _inside(bundle_dir, run_dir)):
                         mlflow.log_artifacts(str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
-        except TrackingError:
-            raise
+                    if register_as:
+                        if model_uri is None:
+                            raise TrackingError(
+                                f"tracking.register_as={register_as!r} needs a logged model, and this run logged "
+                                "none (tracking.log_model is false or the probe has no MLflow model)."
+                            )
+                        version = mlflow.register_model(model_uri, register_as)
+                        registered = (str(version.name), str(version.version))
         except Exception as exc:  # any MLflow/network/storage failure: keep the local run, say so
+            status = None
             if run_id is not None:
-                with contextlib.suppress(Exception), _tracking_uri(uri):
-                    mlflow.tracking.MlflowClient().set_terminated(run_id, status="FAILED")
-            return _not_tracked(uri, f"{type(exc).__name__}: {exc}", on_error, run_dir)
-    return TrackingOutcome(
+                status = "FAILED (pending)"
+                try:
+                    with _tracking_uri(uri):
+                        mlflow.tracking.MlflowClient().set_terminated(run_id, status="FAILED")
+                    status = "FAILED"
+                except Exception:  # noqa: BLE001 - the server is gone: end it FAILED when it is back
+                    _remember_unfinished(uri, run_id)
+            why = str(exc) if isinstance(exc, TrackingError) else f"{type(exc).__name__}: {exc}"
+            return _not_tracked(
+                uri, why, on_error, run_dir, run_id=run_id, status=status, outcome_path=outcome_path
+            )
+    outcome = TrackingOutcome(
         tracked=True,
         tracking_uri=uri,
-        message=f"Tracked in MLflow at {uri}: experiment {experiment!r}, run {run_id}.",
+        message=f"Tracked in MLflow at {uri}: experiment {experiment!r}, run {run_id}."
+        + (f" Registered as {registered[0]} version {registered[1]}." if registered else ""),
         run_id=run_id,
         experiment_id=experiment_id,
         model_uri=model_uri,
+        status="FINISHED",
+        registered_model=registered[0] if registered else None,
+        model_version=registered[1] if registered else None,
+        resolved_failed_runs=resolved,
     )
+    if outcome_path is not None:
+        write_outcome(outcome_path, outcome)
+    return outcome
+
+
+def _log_dataset(mlflow: Any, role: str, info: Mapping[str, Any]) -> None:
+    """One dataset in the run's Datasets tab: its source, name, a digest from its fingerprint, its role."""
+    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    fingerprint = str(info.get("fingerprint") or "")
+    source = str(info.get("source") or info.get("name") or role)
+    dataset = MetaDataset(
+        FileSystemDatasetSource(source), name=str(info.get("name") or role), digest=fingerprint[:32] or None
+    )
+    tags = {"probes.fingerprint": fingerprint, "probes.rows": str(info.get("rows", ""))}
+    mlflow.log_input(dataset, context=role, tags={k: v for k, v in tags.items() if v})
 
 
 def _inside(path: Path, folder: Path) -> bool:

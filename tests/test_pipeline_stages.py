@@ -1,0 +1,31 @@
+"""The pipeline's shared stages: ``probes train`` and ``probes run`` set thresholds with one function, so the
+same config gives the same bundle thresholds; both record what happened to tracking in ``tracking.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from test_pipeline import tiny_model_dir, write_tiny_project  # noqa: F401 (fixture)
+
+
+def test_train_and_run_write_identical_bundle_thresholds(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from probes.config import load_config
+    from probes.package import ProbeBundle
+    from probes.pipeline import run, train_stage
+
+    overrides = ["layers=[1, 3]", "evaluation.target_fprs=[0.05, 0.1]", "evaluation.bootstrap=20"]
+    cfg = load_config(write_tiny_project(tmp_path, tiny_model_dir), overrides)
+    trained = train_stage(cfg)
+    ran = run(cfg)
+    assert trained.layer == ran.layer
+    a = next(iter(ProbeBundle.load(trained.bundle_dir))).thresholds
+    b = next(iter(ProbeBundle.load(ran.bundle_dir))).thresholds
+    assert len(a) == 2 and [dataclasses.asdict(t) for t in a] == [dataclasses.asdict(t) for t in b]
+    # ... and they are the thresholds the run's report checked on its held-out control rows.
+    assert [t.value for t in b] == pytest.approx([op.threshold for op in ran.test.operating_points])
+    for result in (trained, ran):
+        outcome = json.loads((result.run_dir / "tracking.json").read_text())
+        assert outcome["tracked"] is False and "tracking.enabled is false" in outcome["message"]
