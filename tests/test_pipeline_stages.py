@@ -8,7 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from test_pipeline import tiny_model_dir, write_tiny_project  # noqa: F401 (fixture)
+from test_pipeline import save_tiny_model, write_tiny_project
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama-stages"))
 
 
 def test_train_and_run_write_identical_bundle_thresholds(tmp_path: Path, tiny_model_dir: Path) -> None:
