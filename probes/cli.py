@@ -28,7 +28,15 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from probes.errors import BundleError, ConfigError, DatasetError, ModelFileError, ProbesError, TrackingError
+from probes.errors import (
+    BundleError,
+    ConfigError,
+    DatasetError,
+    ModelFileError,
+    ModelLoadError,
+    ProbesError,
+    TrackingError,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -165,7 +173,7 @@ def _errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except (ConfigError, DatasetError, BundleError, ModelFileError) as exc:
+    except (ConfigError, DatasetError, BundleError, ModelFileError, ModelLoadError) as exc:
         _fail(EXIT_BAD_INPUT, str(exc))
     except TrackingError as exc:
         _fail(EXIT_TRACKING, str(exc))

@@ -67,3 +67,8 @@ class CalibrationWarning(UserWarning):
 class ModelFileError(ProbesError, ValueError):
     """A model file cannot be used: missing, truncated, not what it claims, or of an architecture or
     quantisation this installation cannot load (the message names the file and what is supported)."""
+
+
+class ModelLoadError(ProbesError, OSError):
+    """A model cannot be loaded from where it was asked for (e.g. a Hub id while the Hub is unreachable);
+    the message names the offline alternatives (a local folder, ``HF_HUB_OFFLINE=1``)."""

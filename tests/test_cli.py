@@ -192,7 +192,7 @@ def test_run_json_summary(project: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["layer"] == "layers.2" and summary["test"]["auroc"] > 0.8
-    assert summary["tracking"] is None and Path(summary["run_dir"]).is_dir()
+    assert summary["tracking"]["tracked"] is False and Path(summary["run_dir"]).is_dir()
 
 
 def test_collect_then_train_use_the_cache(project: Path, ran: tuple[Path, str, str]) -> None:
@@ -256,7 +256,11 @@ def test_tracking_failure_exits_3_after_writing_local_results(project: Path) -> 
     assert failed.exit_code == EXIT_TRACKING, failed.output
     assert "NOT TRACKED" in failed.output and f"127.0.0.1:{port}" in failed.output
     new = set(runs.iterdir()) - before
-    assert len(new) == 1 and (new.pop() / "report.json").is_file()
+    assert len(new) == 1
+    run_dir = new.pop()
+    assert (run_dir / "report.json").is_file()
+    # on_error: fail still records what happened to tracking before failing
+    assert json.loads((run_dir / "tracking.json").read_text())["tracked"] is False
 
 
 def test_pull_from_the_local_store(ran: tuple[Path, str, str], tmp_path: Path) -> None:

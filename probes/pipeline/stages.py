@@ -170,10 +170,17 @@ def evaluate_run(
         flags = s > threshold.value
         if (labels == 1).any():
             at["recall_at_threshold"] = float(flags[labels == 1].mean())
+        from probes.evaluation.metrics import clopper_pearson
+
+        def rate(hits: np.ndarray, key: str) -> None:  # the rate, its exact interval and n, for every table
+            at[key] = float(hits.mean())
+            at[f"{key}_ci"] = list(clopper_pearson(int(hits.sum()), int(hits.size)))
+            at[f"{key}_n"] = int(hits.size)
+
         if (labels == 0).any():
-            at["fpr_on_negatives"] = float(flags[labels == 0].mean())
+            rate(flags[labels == 0], "fpr_on_negatives")
         if control_acts is not None:
-            at["fpr_on_control"] = float((scores_of(control_acts) > threshold.value).mean())
+            rate(scores_of(control_acts) > threshold.value, "fpr_on_control")
     report = None
     if _two_class(ds):
         fprs = [t.target_fpr for t in entry.thresholds if t.target_fpr is not None] or list(

@@ -394,14 +394,20 @@ def log_run(
 
 def _log_dataset(mlflow: Any, role: str, info: Mapping[str, Any]) -> None:
     """One dataset in the run's Datasets tab: its source, name, a digest from its fingerprint, its role."""
-    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+    import warnings
+
+    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
     fingerprint = str(info.get("fingerprint") or "")
     source = str(info.get("source") or info.get("name") or role)
-    dataset = MetaDataset(
-        FileSystemDatasetSource(source), name=str(info.get("name") or role), digest=fingerprint[:32] or None
-    )
+    with warnings.catch_warnings():  # a path or a Hub dataset name: a plain local source either way
+        warnings.simplefilter("ignore")
+        dataset = MetaDataset(
+            LocalArtifactDatasetSource(source),
+            name=str(info.get("name") or role),
+            digest=fingerprint[:32] or None,
+        )
     tags = {"probes.fingerprint": fingerprint, "probes.rows": str(info.get("rows", ""))}
     mlflow.log_input(dataset, context=role, tags={k: v for k, v in tags.items() if v})
 
