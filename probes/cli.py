@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import click
 import typer
@@ -28,20 +28,11 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from probes.errors import (
-    BundleError,
-    ConfigError,
-    DatasetError,
-    ModelFileError,
-    ModelLoadError,
-    ProbesError,
-    TrackingError,
-)
+from probes.cli_errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_TRACKING, err
+from probes.cli_errors import exit_on_errors as _errors
+from probes.errors import ConfigError, DatasetError
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_TRACKING = 3
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_OK", "EXIT_TRACKING", "app"]
 
 # ----------------------------------------------------------------------------------------------------------
 # `probes monitor`, `probes generate` and `probes lens`: registered by <module>.register(app), loaded only when invoked
@@ -127,7 +118,6 @@ app.add_typer(datasets_app, name="datasets")
 
 # Messages and progress go to stderr; results (tables, JSON) to stdout so they can be piped. Rich falls back
 # to 80 columns when output is not a terminal (CI logs, pipes), too narrow for the result tables.
-err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
@@ -156,34 +146,6 @@ ConfigArg = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _fail(code: int, message: str) -> NoReturn:
-    from rich.markup import escape
-
-    # Escaped: messages name things like probes[sad].thresholds, which rich would read as a style tag.
-    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Map named errors onto the documented exit codes with a one-paragraph message."""
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except (ConfigError, DatasetError, BundleError, ModelFileError, ModelLoadError) as exc:
-        _fail(EXIT_BAD_INPUT, str(exc))
-    except TrackingError as exc:
-        _fail(EXIT_TRACKING, str(exc))
-    except ProbesError as exc:
-        _fail(EXIT_FAILED, f"{type(exc).__name__}: {exc}")
-    except KeyboardInterrupt:
-        _fail(EXIT_FAILED, "interrupted")
-    except Exception as exc:  # a bug or an environment problem: show where
-        err.print_exception(show_locals=False, max_frames=8)
-        _fail(EXIT_FAILED, f"run failed: {type(exc).__name__}: {exc}")
 
 
 def _load(config: Path, overrides: list[str] | None) -> Any:

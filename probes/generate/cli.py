@@ -31,10 +31,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from rich.console import Console
 
-        from probes.cli import _errors
+        from probes.cli_errors import exit_on_errors
 
         err = Console(stderr=True, highlight=False)
-        with _errors():
+        with exit_on_errors():
             from probes.config.generate import load_generate_config
 
             cfg = load_generate_config(config, list(set_ or []))

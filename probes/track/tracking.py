@@ -396,7 +396,7 @@ def _log_dataset(mlflow: Any, role: str, info: Mapping[str, Any]) -> None:
     """One dataset in the run's Datasets tab: its source, name, a digest from its fingerprint, its role."""
     import warnings
 
-    from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
     fingerprint = str(info.get("fingerprint") or "")
@@ -404,7 +404,7 @@ def _log_dataset(mlflow: Any, role: str, info: Mapping[str, Any]) -> None:
     with warnings.catch_warnings():  # a path or a Hub dataset name: a plain local source either way
         warnings.simplefilter("ignore")
         dataset = MetaDataset(
-            LocalArtifactDatasetSource(source),
+            resolve_dataset_source(source),
             name=str(info.get("name") or role),
             digest=fingerprint[:32] or None,
         )

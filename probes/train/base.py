@@ -219,8 +219,7 @@ def as_float_tensor(X: ArrayLike) -> torch.Tensor:
 
 def probe_from_state(kind: str, params: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Probe:
     """Rebuild a fitted probe from its kind, hyperparameters and learned tensors."""
-    import probes.train  # noqa: F401  (registers the built-in probe types)
-
+    # The built-in kinds are registered: importing this module ran probes/train/__init__.py first.
     if kind not in PROBE_REGISTRY:
         raise KeyError(f"Unknown probe kind {kind!r}; known: {', '.join(sorted(PROBE_REGISTRY))}")
     cls, preset = PROBE_REGISTRY[kind]
