@@ -380,3 +380,30 @@ def test_a_server_that_dies_mid_run_gets_the_run_ended_failed_by_the_next_run(
         assert json.loads((tmp_path / "second.json").read_text())["resolved_failed_runs"] == [first.run_id]
     finally:
         _stop_server(proc)
+
+
+def test_text_in_model_scores_raw_text_like_the_pipeline(server_run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``probe_text``: model reference + bundle; predict(["some text"]) collects and scores like offline."""
+    import mlflow
+    import torch
+
+    import probes
+    from probes.data import ContrastDataset, DatasetCard, Example
+    from probes.package import ProbeBundle
+
+    result, uri = server_run
+    assert result.tracking.text_model_uri
+    texts = ["Tom was angry at the rain.", "Anna was calm by the sea."]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    served = mlflow.pyfunc.load_model(result.tracking.text_model_uri)
+    got = served.predict(texts)
+    assert list(got.columns) == ["score", "probability", "flagged"] and len(got) == 2
+
+    entry = next(iter(ProbeBundle.load(result.bundle_dir)))
+    model, tok = probes.load_model(result.config.model.name_or_path, dtype="float32")
+    card = DatasetCard(name="t", label_names=("a", "b"), kind="control")
+    ds = ContrastDataset([Example(id=str(i), label=0, text=t) for i, t in enumerate(texts)], card)
+    acts = probes.collect(model, tok, ds, [entry.site], pooling=entry.pooling, max_length=32, progress=False)
+    with torch.inference_mode():
+        expected = entry.score(acts[entry.site]).double().numpy()
+    np.testing.assert_allclose(got["score"].to_numpy(), expected, rtol=1e-4, atol=1e-4)

@@ -14,6 +14,8 @@ Layout of an MLflow run written by :func:`log_run`:
   ``probes.model_weight_hash``, ``probes.layer``, ``probes.dataset.<role>.fingerprint``, ``probes.config``,
   plus the config's ``tracking.tags``;
 - artifacts: everything in the run folder (``report.json``, ``config.yaml``, ``plots/``, ``bundle/``, ...);
+- a text-in model named ``probe_text`` (:mod:`probes.track.text_model`): the language model reference and the
+  bundle, ``predict(["some text"])`` -> scores, so ``mlflow models serve`` runs the monitor on raw text;
 - a logged MLflow model named ``probe``: a pyfunc model-from-code (:mod:`probes.track.pyfunc_model`) whose
   artifact is the bundle; ``mlflow.pyfunc.load_model(model_uri).predict(features)`` scores activations (a
   list of ``(tokens, d)`` arrays for token probes). ``register_as`` registers it as a model version.
@@ -45,12 +47,14 @@ __all__ = [
     "end_unfinished_runs",
     "git_commit",
     "log_run",
+    "log_text_model",
     "not_tracked_outcome",
     "pull",
     "write_outcome",
 ]
 
 MODEL_NAME = "probe"
+TEXT_MODEL_NAME = "probe_text"
 BUNDLE_ARTIFACT = "bundle"
 # Short network settings so an unreachable server costs seconds, not minutes; the user's env wins.
 _HTTP_DEFAULTS = {
@@ -74,6 +78,8 @@ class TrackingOutcome:
     #: ``FAILED (pending)`` when the server could not be told (the next run that reaches it ends it FAILED);
     #: ``None`` when no MLflow run exists (disabled, unreachable before the start).
     status: str | None = None
+    #: the text-in model (``predict(["some text"])``, :mod:`probes.track.text_model`)
+    text_model_uri: str | None = None
     registered_model: str | None = None
     model_version: str | None = None
     #: runs of earlier failures that this call ended FAILED on the server
@@ -87,6 +93,7 @@ class TrackingOutcome:
             "run_id": self.run_id,
             "experiment_id": self.experiment_id,
             "model_uri": self.model_uri,
+            "text_model_uri": self.text_model_uri,
             "status": self.status,
             "registered_model": self.registered_model,
             "model_version": self.model_version,
@@ -347,9 +354,10 @@ def log_run(
                         _log_dataset(mlflow, role, info)
                     if run_dir is not None:
                         mlflow.log_artifacts(str(run_dir))
-                    model_uri = None
+                    model_uri = text_model_uri = None
                     if log_model and bundle_dir is not None:
                         model_uri = _log_probe_model(mlflow, bundle_dir, example_features)
+                        text_model_uri = log_text_model(bundle_dir)
                     if bundle_dir is not None and (run_dir is None or not _inside(bundle_dir, run_dir)):
                         mlflow.log_artifacts(str(bundle_dir), artifact_path=BUNDLE_ARTIFACT)
                     if register_as:
@@ -382,6 +390,7 @@ def log_run(
         run_id=run_id,
         experiment_id=experiment_id,
         model_uri=model_uri,
+        text_model_uri=text_model_uri,
         status="FINISHED",
         registered_model=registered[0] if registered else None,
         model_version=registered[1] if registered else None,
@@ -449,6 +458,42 @@ def _log_pyfunc(mlflow: Any, code: Path, bundle_dir: Path, example: Any) -> Any:
         # Given explicitly: inferring requirements would import the model in a subprocess (slow).
         pip_requirements=[f"residual-probes=={__version__}", "torch", "safetensors", "pandas"],
     )
+
+
+def log_text_model(
+    bundle_dir: str | Path,
+    *,
+    model: str | None = None,
+    name: str = TEXT_MODEL_NAME,
+    model_config: Mapping[str, Any] | None = None,
+) -> str:
+    """Log the text-in model of ``bundle_dir`` to the active MLflow run; returns its model URI.
+
+    ``model`` names the language model to load at serving time (default: the one the bundle records);
+    ``model_config`` may add ``revision``, ``dtype``, ``device``, ``layers_attr``, ``max_length``,
+    ``chat_template``, ``probe``. Serve it with ``mlflow models serve -m <uri> --env-manager local``.
+    """
+    import mlflow
+
+    from probes._version import __version__
+
+    config = {k: v for k, v in dict(model_config or {}).items() if v is not None}
+    if model is not None:
+        config["model"] = model
+    info = mlflow.pyfunc.log_model(
+        name=name,
+        python_model=str(Path(__file__).with_name("text_model.py")),
+        artifacts={"bundle": str(bundle_dir)},
+        model_config=config or None,
+        pip_requirements=[
+            f"residual-probes=={__version__}",
+            "torch",
+            "transformers",
+            "safetensors",
+            "pandas",
+        ],
+    )
+    return str(info.model_uri)
 
 
 def pull(run_id: str, to: str | Path, tracking_uri: str | None = None) -> Path:
