@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ from probes.config.evaluation import EvaluationConfig, TrackingConfig
 from probes.config.model import ModelConfig
 from probes.config.probe import LayerItem, LayerRange, ProbeConfig
 from probes.config.stages import DETECTOR_KINDS, DetectorConfig, StagesConfig
+from probes.models.site_names import is_site_name
 
 
 class RunConfig(Strict):
@@ -69,9 +69,9 @@ class RunConfig(Strict):
             for item in value:
                 if isinstance(item, bool) or not isinstance(item, (int, str)):
                     raise ValueError(f"layer {item!r} is neither an index nor a site name")
-                if isinstance(item, str) and not re.fullmatch(r"layers\.-?\d+|final_norm|-?\d+", item):
+                if isinstance(item, str) and not is_site_name(item):
                     raise ValueError(f"layer {item!r} is not a site name ('layers.N' or 'final_norm')")
-            return [int(i) if isinstance(i, str) and re.fullmatch(r"-?\d+", i) else i for i in value]
+            return [int(i) if isinstance(i, str) and i.lstrip("-").isdigit() else i for i in value]
         raise ValueError("layers must be 'all', a list like [2, 4, 'final_norm'], or {start, stop, step}")
 
     @model_validator(mode="after")

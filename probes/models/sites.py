@@ -17,16 +17,27 @@ Architectures whose block list is not found automatically take ``layers_attr="pa
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from probes.errors import SiteError, UnsupportedArchitectureError
+from probes.models.site_names import FINAL_NORM, Site, is_site_name, parse_site, parse_sites
+
+__all__ = [
+    "FINAL_NORM",
+    "Site",
+    "block_list",
+    "final_norm_module",
+    "is_site_name",
+    "num_layers",
+    "parse_site",
+    "parse_sites",
+    "residual_hook",
+]
 
 # Paths tried in order, relative to the model and then to ``model.base_model``. Covers Llama, Mistral,
 # Qwen2/3, Gemma/Gemma2/Gemma3, Phi/Phi3, GPT-2, GPT-J, GPT-NeoX, OPT, BERT/RoBERTa and their wrappers.
@@ -58,9 +69,6 @@ NORM_PATHS = (
     "model.final_layernorm",
     "final_layernorm",
 )
-
-_SITE_RE = re.compile(r"^layers\.(-?\d+)$")
-FINAL_NORM = "final_norm"
 
 
 def _get_attr_path(root: nn.Module, path: str) -> Any:
@@ -123,48 +131,6 @@ def final_norm_module(model: nn.Module, norm_attr: str | None = None) -> nn.Modu
 
 def num_layers(model: nn.Module, layers_attr: str | None = None) -> int:
     return len(block_list(model, layers_attr))
-
-
-@dataclass(frozen=True)
-class Site:
-    """A resolved site: ``index`` is the residual index ``0..L``; ``final_norm`` sites have index ``L + 1``."""
-
-    name: str
-    index: int
-    is_final_norm: bool = False
-
-
-def parse_site(name: str | int, n_layers: int) -> Site:
-    """Resolve ``"layers.N"`` (negative N allowed), a bare int, or ``"final_norm"`` to a canonical Site."""
-    if isinstance(name, int):
-        name = f"layers.{name}"
-    if name == FINAL_NORM:
-        return Site(FINAL_NORM, n_layers + 1, True)
-    match = _SITE_RE.match(str(name))
-    if match is None:
-        raise SiteError(
-            f"Unknown site {name!r}. Use 'layers.N' (residual stream after block N; 'layers.0' is the "
-            f"embedding output; negative N counts from the end) or '{FINAL_NORM}'."
-        )
-    n = int(match.group(1))
-    if n < 0:
-        n = n_layers + 1 + n
-    if not 0 <= n <= n_layers:
-        raise SiteError(f"Site {name!r} is out of range: this model has layers.0 .. layers.{n_layers}.")
-    return Site(f"layers.{n}", n)
-
-
-def parse_sites(names: list[str | int] | str, n_layers: int) -> list[Site]:
-    """Resolve a list of sites, or ``"all"`` (every residual site ``layers.0..layers.L``), deduplicated."""
-    if names == "all":
-        names = list(range(n_layers + 1))
-    if isinstance(names, (str, int)):
-        names = [names]
-    seen: dict[str, Site] = {}
-    for name in names:
-        site = parse_site(name, n_layers)
-        seen.setdefault(site.name, site)
-    return list(seen.values())
 
 
 def _hidden_from_output(output: Any) -> torch.Tensor:

@@ -75,4 +75,6 @@ def _sweep(prep: _Prepared, reporter: Reporter) -> tuple[Any, dict[str, Any], li
 
 def _site_index(site: str, n_layers: int) -> int:
     """A site's position in depth (``final_norm`` after the last block), for per-layer metric steps."""
-    return int(site.split(".")[1]) if site.startswith("layers.") else n_layers + 1
+    from probes.models.site_names import parse_site
+
+    return parse_site(site, n_layers).index
