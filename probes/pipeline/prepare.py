@@ -352,3 +352,14 @@ def _rows_of(acts: Activations, ds: ContrastDataset, part: ContrastDataset) -> A
 
 def _two_class(ds: ContrastDataset) -> bool:
     return len(set(ds.labels.tolist())) == 2
+
+
+#: The typed hand-off of the first stage: datasets, splits, model, tokenizer, sites and activations.
+Prepared = _Prepared
+
+
+def prepare(config: RunConfig, reporter: Reporter | None = None) -> Prepared:
+    """Stage 1 of every command: load and split the datasets, load the model, collect (cached) activations."""
+    from probes.pipeline.results import LogReporter
+
+    return _prepare(config, reporter or LogReporter())

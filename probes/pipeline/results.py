@@ -173,7 +173,7 @@ class RunResult:
             "set",
             "AUROC [95% CI]",
             f"recall@{_pct(fpr)}FPR",
-            "FPR held-out [exact 95% CI]",
+            "FPR held-out (exact 95% CI)",
             "ECE",
             "text",
             "span",
@@ -285,7 +285,7 @@ class EvaluateResult:
             if key.endswith(("_ci", "_n")) and key.rsplit("_", 1)[0] in at:
                 continue  # printed with their rate
             if key.startswith("fpr_on_"):
-                t.add_row(key + " [exact 95% CI]", fpr_cell(value, at.get(f"{key}_ci"), at.get(f"{key}_n")))
+                t.add_row(key + " (exact 95% CI)", fpr_cell(value, at.get(f"{key}_ci"), at.get(f"{key}_n")))
             else:
                 t.add_row(key, _fmt(value) if isinstance(value, float) else str(value))
         parts.append(t)

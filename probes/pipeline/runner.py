@@ -28,7 +28,7 @@ from probes.pipeline.outputs import (
 )
 from probes.pipeline.prepare import _prepare, _Prepared, _rows_of, _two_class, control_for_evaluate
 from probes.pipeline.results import LogReporter, Reporter, RunResult, _fmt, _timed
-from probes.pipeline.sweep import _site_index, _sweep
+from probes.pipeline.sweep import _site_index, select
 from probes.pipeline.thresholds import set_thresholds
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,12 +58,10 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
     ev = config.evaluation
 
     with _timed(timings, "sweep"):  # (the sweep reports a stage per grid point itself)
-        sweep, params, sweep_rows = _sweep(prep, reporter)
-    site = sweep.best_layer
-    probe = sweep.probes[site]
-    reporter.info(
-        f"chosen on validation: {site} (val AUROC {_fmt(next(r['val_auroc'] for r in sweep_rows if r['layer'] == site))})"
-    )
+        chosen = select(prep, reporter)
+    sweep, params, sweep_rows = chosen.sweep, chosen.params, chosen.rows
+    site, probe = chosen.site, chosen.probe
+    reporter.info(f"chosen on validation: {site} (val AUROC {_fmt(chosen.val_auroc)})")
 
     with _timed(timings, "evaluate", reporter, f"Evaluating {site} on test, control and eval sets"):
         baselines = (

@@ -34,7 +34,7 @@ from probes.pipeline.prepare import (
 )
 from probes.pipeline.results import EvaluateResult, LogReporter, Reporter, TrainResult
 from probes.pipeline.runner import track_run
-from probes.pipeline.sweep import _probe_params, _sweep
+from probes.pipeline.sweep import _probe_params, select
 from probes.pipeline.thresholds import set_thresholds
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,9 +53,8 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
     :func:`set_thresholds`, exactly as ``probes run`` sets them) and track it like a run."""
     reporter = reporter or LogReporter()
     prep = _prepare(config, reporter)
-    sweep, params, rows = _sweep(prep, reporter)
-    site = sweep.best_layer
-    probe = sweep.probes[site]
+    chosen = select(prep, reporter)
+    site, probe, params, rows = chosen.site, chosen.probe, chosen.params, chosen.rows
     thresholds = set_thresholds(probe, prep, site, reporter)
     from probes.pipeline.detectors import add_detectors_to_bundle, fit_detectors
 

@@ -5,6 +5,7 @@ used to choose. Also the check that a config's probe parameters are ones its pro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from probes.errors import ConfigError
@@ -78,3 +79,25 @@ def _site_index(site: str, n_layers: int) -> int:
     from probes.models.site_names import parse_site
 
     return parse_site(site, n_layers).index
+
+
+@dataclass
+class Selection:
+    """The hand-off of the choosing stage: the probe fitted at the site validation chose, and why."""
+
+    site: str
+    probe: Any
+    params: dict[str, Any]
+    sweep: Any  # the LayerSweep of the winning grid point (its plot, every site's probe)
+    rows: list[dict[str, Any]]  # one row per site: val AUROC [CI], test AUROC (reported, never used)
+
+    @property
+    def val_auroc(self) -> float:
+        return float(next(r["val_auroc"] for r in self.rows if r["layer"] == self.site))
+
+
+def select(prep: _Prepared, reporter: Reporter) -> Selection:
+    """Stage 2: fit every (grid point, site) on train and keep the best by validation AUROC."""
+    sweep, params, rows = _sweep(prep, reporter)
+    site = sweep.best_layer
+    return Selection(site=site, probe=sweep.probes[site], params=params, sweep=sweep, rows=rows)
