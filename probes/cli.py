@@ -208,11 +208,21 @@ def run(
         else:
             _show(result.table())
         err.print(f"Outputs: {result.run_dir}")
-        tracking = result.tracking
-        if tracking is not None and tracking.tracked:  # (the pipeline already warned when it was not)
-            err.print(f"[green]{tracking.message}[/]", soft_wrap=True)
-            if tracking.model_uri:
-                err.print(f"Probe model: mlflow.pyfunc.load_model({tracking.model_uri!r})", soft_wrap=True)
+        _show_tracking(result.tracking)
+
+
+def _show_tracking(tracking: Any) -> None:
+    if tracking is not None and tracking.tracked:  # (the pipeline already warned when it was not)
+        from rich.markup import escape
+
+        err.print(f"[green]{escape(tracking.message)}[/]", soft_wrap=True)
+        if tracking.model_uri:
+            err.print(f"Probe model: mlflow.pyfunc.load_model({tracking.model_uri!r})", soft_wrap=True)
+        if tracking.text_model_uri:
+            err.print(
+                f"Text model: mlflow.pyfunc.load_model({tracking.text_model_uri!r}).predict(['some text'])",
+                soft_wrap=True,
+            )
 
 
 @app.command()
@@ -248,6 +258,7 @@ def train(config: ConfigArg, set_: SetOption = None) -> None:
         result = train_stage(cfg, reporter=_Reporter(err))
         _show(result.table())
         err.print(f"Bundle: {result.bundle_dir}")
+        _show_tracking(result.tracking)
 
 
 @app.command()
