@@ -407,3 +407,24 @@ def test_text_in_model_scores_raw_text_like_the_pipeline(server_run, monkeypatch
     with torch.inference_mode():
         expected = entry.score(acts[entry.site]).double().numpy()
     np.testing.assert_allclose(got["score"].to_numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_train_is_tracked_like_run(tmp_path: Path, model_dir: Path, mlflow_server: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from probes.config import load_config
+    from probes.pipeline import train_stage
+
+    overrides = ["layers=[1, 2]", "tracking.enabled=true", f"tracking.tracking_uri={mlflow_server}"]
+    result = train_stage(load_config(write_tiny_project(tmp_path, model_dir), overrides))
+    assert result.tracking is not None and result.tracking.tracked, result.tracking
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(result.tracking.run_id)
+    assert run.data.params["chosen_layer"] == result.layer
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "sweep/val_auroc")] == [1, 2]
+    assert {_tag(d.tags, "mlflow.data.context") for d in run.inputs.dataset_inputs} == {
+        "train",
+        "control",
+        "eval.fresh",
+    }
+    assert result.tracking.model_uri and json.loads((result.run_dir / "tracking.json").read_text())["tracked"]
