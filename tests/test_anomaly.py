@@ -294,6 +294,7 @@ def _hidden(model, layer: int, **inputs) -> torch.Tensor:
     return out[0]
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_a_monitor_streams_a_detector_and_a_probe_in_one_generation() -> None:
     from probes.monitor import Monitor
 

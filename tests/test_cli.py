@@ -92,6 +92,7 @@ def test_exit_codes_are_distinct() -> None:
     assert "Exit codes" in invoke("--help").output
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("path", SHIPPED_DATASETS, ids=lambda p: p.name)
 def test_validate_and_show_shipped_datasets(path: Path) -> None:
     result = invoke("validate", str(path))
@@ -104,6 +105,7 @@ def test_validate_and_show_shipped_datasets(path: Path) -> None:
     assert json.loads(as_json.stdout)["summary"]["n"] > 0
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: p.name)
 def test_validate_shipped_configs(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
@@ -235,11 +237,17 @@ def test_evaluate_a_run_on_new_data(project: Path, ran: tuple[Path, str, str]) -
     assert not_a_run.exit_code == EXIT_BAD_INPUT and "not a run folder" in not_a_run.output
 
 
-def test_run_failure_exits_1(project: Path) -> None:
-    result = runner.invoke(
-        app, ["run", str(project), "--set", f"model.name_or_path={project.parent / 'no-model'}"]
-    )
+def test_run_failure_exits_1(project: Path, tmp_path: Path) -> None:
+    # A folder that exists but holds no model: transformers fails, the run fails (exit 1).
+    result = runner.invoke(app, ["run", str(project), "--set", f"model.name_or_path={tmp_path}"])
     assert result.exit_code == EXIT_FAILED, result.output
+
+
+def test_missing_model_folder_exits_2_in_one_line(project: Path) -> None:
+    missing = project.parent / "no-model"
+    result = runner.invoke(app, ["run", str(project), "--set", f"model.name_or_path={missing}"])
+    assert result.exit_code == EXIT_BAD_INPUT, result.output
+    assert "no such file or folder" in result.output and "Traceback" not in result.output
 
 
 def test_tracking_failure_exits_3_after_writing_local_results(project: Path) -> None:

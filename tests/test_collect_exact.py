@@ -88,6 +88,7 @@ def check_equal_to_hidden_states(model: nn.Module, tokenizer, padding_side: str,
             assert (acts[f"layers.{n_layers}"][i] - hidden[-1][mask]).abs().max().item() <= TOL
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_tiny_models_equal_hidden_states(arch: str, padding_side: str) -> None:
@@ -101,6 +102,7 @@ def test_real_stories260k_equals_hidden_states(stories_path: Path, padding_side:
     check_equal_to_hidden_states(model, tokenizer, padding_side)
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_real_minilm_equals_hidden_states(minilm_path: Path, padding_side: str) -> None:
     model, tokenizer = load_model(minilm_path, device="cpu")

@@ -51,6 +51,7 @@ def test_report_numbers(detector) -> None:
     assert "distribution shift" in str(report)
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_json_roundtrip_and_plots(tmp_path, detector) -> None:
     report = evaluate_detector(
         detector,

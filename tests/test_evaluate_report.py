@@ -284,6 +284,7 @@ def test_json_round_trip_table_and_summary(fitted, tmp_path: Path) -> None:
     assert "AUROC" in table and "recall @ FPR 1.00%" in table and "text-only baseline" in table
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_plots_are_valid_pngs(fitted, tmp_path: Path) -> None:
     probe, test, control, calib = fitted
     report = evaluate(

@@ -28,6 +28,7 @@ def _nudge(param: torch.nn.Parameter, scale: float = 1e-2) -> None:
         param.add_(scale * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_a_finetune_of_any_block_is_caught_and_named(arch: str) -> None:
     model, _ = build_tiny_model(arch)

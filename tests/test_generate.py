@@ -81,6 +81,7 @@ def honesty():
     return ds.subset(list(range(12)))
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_generated_rows_keep_ids_labels_groups_conditions_and_target_the_reply(
     tmp_path, stories, honesty
 ) -> None:
@@ -147,6 +148,7 @@ def test_greedy_replies_are_what_plain_generate_gives_each_prompt_alone(tmp_path
         assert row.messages[-1].content == tok.decode(new, skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_rows_without_a_turn_to_answer_exit_2_naming_them(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "datasets/true_false_statements", tmp_path / "never")
     proc = _probes("generate", str(cfg))
@@ -159,6 +161,7 @@ def test_rows_without_a_turn_to_answer_exit_2_naming_them(tmp_path: Path) -> Non
     assert "tf-arithmetic-001-f" in message and not (tmp_path / "never").exists()
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_kill_9_then_resume_writes_what_an_uninterrupted_run_writes(tmp_path: Path) -> None:
     data = {"path": "datasets/honesty_instructed_pairs", "limit": 48}
     whole = _config(tmp_path, data, tmp_path / "whole")

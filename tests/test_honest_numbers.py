@@ -119,6 +119,7 @@ def test_a_test_split_with_few_groups_warns_that_its_ci_is_meaningless() -> None
 
 
 # --- several control sets --------------------------------------------------------------------------------
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_threshold_transfer_matrix_shows_a_shifted_control_set(tmp_path: Path) -> None:
     X, y = _data(600)
     probe = LogisticProbe().fit(X[:300], y[:300])

@@ -4,6 +4,7 @@ another subpackage, and no import circle - counting imports inside functions, wh
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "probes"
@@ -28,6 +29,11 @@ def _unit(module: str) -> str:
 
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
+
+
+@functools.cache
+def _parsed() -> list[tuple[str, str, list[str], int]]:
+    return _imports(_modules())
 
 
 def _imports(modules: dict[str, Path]) -> list[tuple[str, str, list[str], int]]:
@@ -63,7 +69,7 @@ def test_no_module_imports_a_private_name_of_another_subpackage() -> None:
     # The check itself sees what it must refuse (generate/cli.py once reached into probes/cli.py like this):
     assert _unit("probes.generate.cli") != _unit("probes.cli") and _is_private("_errors")
     bad = []
-    for importer, imported, names, line in _imports(modules):
+    for importer, imported, names, line in _parsed():
         if _unit(importer) == _unit(imported):
             continue  # a subpackage's own private names are its business
         private = [p for p in imported.split(".")[2:] if _is_private(p)] + [
@@ -77,7 +83,7 @@ def test_no_module_imports_a_private_name_of_another_subpackage() -> None:
 def test_the_import_graph_has_no_circle() -> None:
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
-    for importer, imported, names, _ in _imports(modules):
+    for importer, imported, names, _ in _parsed():
         submodules = [f"{imported}.{n}" for n in names if f"{imported}.{n}" in modules]
         targets = submodules if submodules and len(submodules) == len(names) else [imported]
         graph[importer] |= {t for t in targets if t in modules and t != importer}

@@ -117,6 +117,7 @@ def test_cut_targets_are_clipped_or_refused(tokenizer) -> None:
         encode_dataset([chat], tokenizer, max_length=64, max_chars=200)  # the reply lies beyond the cut
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_memory_is_bounded_by_max_length_not_by_the_row() -> None:
     # Peak RSS of a fresh process encoding one 20 MB row at max_length=64, against the same process before.
     code = textwrap.dedent(

@@ -218,6 +218,7 @@ print(folder, record["gguf_sha256"])
 """
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_two_processes_converting_the_same_file_at_once_convert_it_once(tmp_path: Path, cache: Path) -> None:
     model = _write_gguf(
         tmp_path / "tiny.gguf", "llama", {"token_embd.weight": (np.ones((4, 8), np.float32), None)}

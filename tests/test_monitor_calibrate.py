@@ -48,6 +48,7 @@ def test_generation_statistic_is_what_the_monitor_must_exceed() -> None:
             assert fired == (stat > thr)
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("patience", [1, 2])
 def test_greedy_calibration_predicts_exactly_which_generations_the_monitor_interrupts(patience: int) -> None:
     folder, model, tok = stories_bundle()

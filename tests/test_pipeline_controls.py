@@ -17,6 +17,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
+@pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 def test_several_control_sets_give_a_threshold_transfer_matrix(tmp_path: Path, tiny_model_dir: Path) -> None:
     from probes.config import load_config
     from probes.pipeline import run, validate_config

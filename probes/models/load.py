@@ -133,6 +133,11 @@ def load_model(
 
     hub = {}  # extra from_pretrained arguments for a Hub id
     if gguf_path is None and not Path(source).expanduser().exists():
+        if source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source:
+            raise ModelLoadError(
+                f"model {name_or_path!r}: no such file or folder (relative paths resolve against {Path.cwd()}); "
+                "a Hub id looks like 'org/name'."
+            )
         hub = _hub_access(name_or_path, source, revision)
     try:
         config = AutoConfig.from_pretrained(
