@@ -65,7 +65,6 @@ def _imports(modules: dict[str, Path]) -> list[tuple[str, str, list[str], int]]:
 
 
 def test_no_module_imports_a_private_name_of_another_subpackage() -> None:
-    modules = _modules()
     # The check itself sees what it must refuse (generate/cli.py once reached into probes/cli.py like this):
     assert _unit("probes.generate.cli") != _unit("probes.cli") and _is_private("_errors")
     bad = []
