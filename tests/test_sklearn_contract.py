@@ -153,6 +153,10 @@ def test_one_probe_registry_configs_and_files_agree() -> None:
     from probes.train.base import PROBE_TYPES
 
     assert probes.__version__ == __version__
+    from probes.config.stages import DETECTOR_KINDS as CONFIG_DETECTORS
+    from probes.train import DETECTOR_KINDS
+
+    assert set(CONFIG_DETECTORS) == set(DETECTOR_KINDS)  # the torch-free copy configs use agrees
     assert set(PROBE_KINDS) <= set(PROBE_REGISTRY) and "lda" in PROBE_KINDS
     assert PROBE_TYPES["lda"] is DiffMeansProbe and set(PROBE_TYPES) == set(PROBE_REGISTRY)
     params = _probe_params("lda", {"shrinkage": 0.1}, seed=0)  # the config check accepts it

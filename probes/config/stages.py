@@ -25,7 +25,9 @@ from pydantic import Field, field_validator, model_validator
 from probes.config.base import Strict
 from probes.config.probe import LayerItem
 
-#: Probe kinds that are anomaly detectors (fitted on benign rows only): they go in ``detectors:``.
+#: Probe kinds that are anomaly detectors (fitted on benign rows only): they go in ``detectors:``. The names
+#: of ``probes.train.DETECTOR_KINDS`` (the one registry), written out so configs parse without torch; a test
+#: keeps them equal.
 DETECTOR_KINDS = ("mahalanobis", "pca_residual", "knn")
 #: The escalation fractions of the cascade curve unless ``stages.curve`` says otherwise.
 DEFAULT_CURVE = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)

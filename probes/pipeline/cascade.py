@@ -57,12 +57,12 @@ def _probe_stage(stage: StageConfig, prep: _Prepared, chosen_site: str, what: st
     from probes.evaluation import StageCost
     from probes.pipeline.detectors import resolve_site
     from probes.pipeline.sweep import _probe_params
-    from probes.train.base import PROBE_TYPES
+    from probes.train import PROBE_REGISTRY, make_probe
 
     config = prep.config
     kind = str(stage.probe)
     params = _probe_params(kind, stage.params, config.seed)
-    cls = PROBE_TYPES[kind]
+    cls = PROBE_REGISTRY[kind][0]
     multi = bool(getattr(cls, "multi_site", False))
     items = stage.site_list
     if items is None:
@@ -80,7 +80,7 @@ def _probe_stage(stage: StageConfig, prep: _Prepared, chosen_site: str, what: st
 
     if multi:
         params = {**params, "sites": sites}
-    probe = cls(**params).fit(x("train"), acts["train"].labels, groups=acts["train"].groups)
+    probe = make_probe(kind, **params).fit(x("train"), acts["train"].labels, groups=acts["train"].groups)
     label = f"{kind} probe @ {'+'.join(sites)}"
     cost = StageCost.of_probe(probe, name=label, X=x("test"))
     return StageScores(

@@ -75,7 +75,7 @@ def fit_detectors(prep: _Prepared, chosen_site: str, reporter: Reporter) -> list
 
     from probes.evaluation import evaluate_detector
     from probes.pipeline.sweep import _probe_params
-    from probes.train.base import PROBE_TYPES
+    from probes.train import make_probe
 
     config = prep.config
     if not config.detectors:
@@ -96,7 +96,7 @@ def fit_detectors(prep: _Prepared, chosen_site: str, reporter: Reporter) -> list
         params = _probe_params(det.kind, det.params, config.seed)
         with reporter.stage(f"Detector {det.name}: {det.kind} at {site} on {len(fit_acts)} benign rows"):
             try:
-                detector = PROBE_TYPES[det.kind](**params).fit(fit_acts[site], groups=_groups(fit_acts))
+                detector = make_probe(det.kind, **params).fit(fit_acts[site], groups=_groups(fit_acts))
             except ValueError as exc:  # too few rows for the dimension, bad shrinkage, ...
                 raise ConfigError(f"{what}: {exc}") from exc
         novel: dict[str, Activations] = {}
