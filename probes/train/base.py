@@ -9,8 +9,9 @@ Estimators follow scikit-learn's contract for real: every probe is a ``sklearn.b
 ``cross_val_score`` work and ``sklearn.utils.estimator_checks.check_estimator`` passes (skipped checks are
 listed with their reasons in ``tests/test_sklearn_contract.py``). ``__init__`` stores hyperparameters only,
 ``fit(X, y)`` validates and returns ``self``, learned state ends in ``_``, ``classes_`` holds the two labels
-(``classes_[1]`` is the positive class), and use before ``fit`` raises :class:`probes.errors.NotFittedError`. Scoring is done in torch on the device of the input, so a monitor
-never moves activations off the model's device.
+(``classes_[1]`` is the positive class), and use before ``fit`` raises :class:`probes.errors.NotFittedError`
+(also scikit-learn's). Scoring is done in torch on the device of the input, so a monitor never moves
+activations off the model's device.
 
 Persistence never uses pickle: a probe is ``get_params()`` (JSON) plus ``state_tensors()``
 (safetensors), rebuilt with :func:`probe_from_state`.
