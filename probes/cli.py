@@ -125,7 +125,7 @@ def _show(renderable: Any) -> None:
     if out.is_terminal:
         out.print(renderable)
     else:
-        Console(file=out.file, highlight=False, width=max(out.width, 120)).print(renderable)
+        Console(file=out.file, highlight=False, width=max(out.width, 140)).print(renderable)
 
 
 SetOption = Annotated[

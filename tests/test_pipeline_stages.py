@@ -59,7 +59,7 @@ def test_run_table_shows_the_interval(tmp_path: Path, tiny_model_dir: Path) -> N
     console = Console(width=200, record=True)
     console.print(result.table())
     text = console.export_text()
-    assert "FPR held-out (exact 95% CI)" in text
+    assert "FPR held-out, exact 95% CI" in text
     op = result.test.operating_points[0]
     n = op.n_control_holdout
     assert re.search(rf"\d+\.\d% \[\d+\.\d%, \d+\.\d%\] n={n}", text), text

@@ -173,7 +173,7 @@ class RunResult:
             "set",
             "AUROC [95% CI]",
             f"recall@{_pct(fpr)}FPR",
-            "FPR held-out (exact 95% CI)",
+            "FPR held-out, exact 95% CI",
             "ECE",
             "text",
             "span",
