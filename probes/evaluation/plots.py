@@ -31,6 +31,12 @@ def _save(fig: Any, path: str | Path) -> Path:
     return out
 
 
+#: Public names for other subpackages' plots (lens, regression): a matplotlib Figure without pyplot's global
+#: state, and saving it as a PNG (folders made, layout tightened).
+new_figure = _figure
+save_figure = _save
+
+
 def roc_curve_plot(
     y: Sequence[int] | np.ndarray,
     scores: Sequence[float] | np.ndarray,

@@ -39,9 +39,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         import json
 
-        from probes.cli import _errors, _fail
+        from probes.cli_errors import exit_on_errors, fail
 
-        with _errors():
+        with exit_on_errors():
             from probes.errors import FingerprintMismatchError, UnsupportedArchitectureError
             from probes.lens import TunedLens, lens_heatmap, lens_html, logit_lens
             from probes.models import load_model
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
                 translators = TunedLens.load(tuned, lm) if tuned is not None else None
                 result = logit_lens(lm, tokenizer, prompt, k=k, translators=translators)
             except (UnsupportedArchitectureError, FingerprintMismatchError) as exc:
-                _fail(2, str(exc))
+                fail(2, str(exc))
             typer.echo(result.table(max_positions=positions))
             out.mkdir(parents=True, exist_ok=True)
             png = lens_heatmap(result, out / "lens.png", max_positions=positions)

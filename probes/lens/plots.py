@@ -11,7 +11,8 @@ import numpy as np
 
 def lens_heatmap(result: Any, path: str | Path, *, max_positions: int = 32, title: str | None = None) -> Path:
     """Top-1 probability per layer (rows, ``layers.0`` at the bottom) and position, the top token written in."""
-    from probes.evaluation.plots import _figure, _save
+    from probes.evaluation.plots import new_figure as _figure
+    from probes.evaluation.plots import save_figure as _save
 
     n_pos = min(len(result.tokens), max_positions)
     probs = np.asarray(result.top_probs)[:, :n_pos, 0]

@@ -199,6 +199,11 @@ def run_regression(config: RunConfig, *, reporter: Any = None) -> RegressionRunR
             result.tracking = _track(result, config)
         if not result.tracking.tracked:
             reporter.warn(result.tracking.message)
+    else:
+        from probes.track import not_tracked_outcome, write_outcome
+
+        result.tracking = not_tracked_outcome("tracking.enabled is false: the run was not logged to MLflow.")
+        write_outcome(run_dir / "tracking.json", result.tracking)
     return result
 
 
@@ -228,7 +233,8 @@ def _load_regress(config: RunConfig) -> Any:
 
 
 def _sweep_plot(sweep: list[dict[str, Any]], path: Path, target: str) -> Path:
-    from probes.evaluation.plots import _figure, _save
+    from probes.evaluation.plots import new_figure as _figure
+    from probes.evaluation.plots import save_figure as _save
 
     fig = _figure(figsize=(6, 3.4))
     ax = fig.subplots()
@@ -240,42 +246,29 @@ def _sweep_plot(sweep: list[dict[str, Any]], path: Path, target: str) -> Path:
 
 
 def _track(result: RegressionRunResult, config: RunConfig) -> Any:
-    """Log params, the per-site sweep, test metrics and the run folder to MLflow; never fails the run."""
-    from types import SimpleNamespace
+    """Log params, the per-site sweep (``sweep/val_r2`` step series), ``test/r2`` ... and the run folder to
+    MLflow through :func:`probes.track.log_run` (grouped keys, ``tracking.json`` in every case)."""
+    from probes.track import log_run
 
-    from probes.track import default_tracking_uri
-
-    uri = config.tracking.tracking_uri or default_tracking_uri()
-    try:
-        import mlflow
-
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(config.tracking.experiment)
-        with mlflow.start_run(run_name=result.run_dir.name) as run:
-            mlflow.log_params({k: v[:500] for k, v in list(config.flat().items())[:200]})
-            for i, row in enumerate(result.sweep):
-                mlflow.log_metric("val_r2", float(np.nan_to_num(row["val_r2"])), step=i)
-            t = result.test
-            mlflow.log_metrics(
-                {
-                    "test_r2": t.r2,
-                    "test_pearson_r": t.pearson_r,
-                    "test_rmse": t.rmse,
-                    "n_coordinates": float(t.n_coordinates or 0),
-                }
-            )
-            mlflow.log_artifacts(str(result.run_dir))
-            return SimpleNamespace(
-                tracked=True,
-                message=f"tracked in MLflow run {run.info.run_id} at {uri}",
-                model_uri=None,
-                uri=uri,
-            )
-    except Exception as exc:  # local outputs are written already: report, do not lose the run
-        if config.tracking.on_error == "fail":
-            from probes.errors import TrackingError
-
-            raise TrackingError(f"MLflow logging to {uri} failed: {exc}") from exc
-        return SimpleNamespace(
-            tracked=False, message=f"not tracked in MLflow ({uri}): {exc}", model_uri=None, uri=uri
-        )
+    t = result.test
+    metrics = {
+        "test/r2": t.r2,
+        "test/pearson_r": t.pearson_r,
+        "test/rmse": t.rmse,
+        "test/n_coordinates": float(t.n_coordinates or 0),
+    }
+    return log_run(
+        run_name=result.run_dir.name,
+        experiment=config.tracking.experiment,
+        tracking_uri=config.tracking.tracking_uri,
+        params=dict(config.flat()),
+        layer_metrics=[
+            (i, {"sweep/val_r2": float(np.nan_to_num(row["val_r2"]))}) for i, row in enumerate(result.sweep)
+        ],
+        metrics={k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(float(v))},
+        tags={"probes.task": "regress", **config.tracking.tags},
+        run_dir=result.run_dir,
+        log_model=False,
+        on_error=config.tracking.on_error,
+        outcome_path=result.run_dir / "tracking.json",
+    )
