@@ -42,6 +42,11 @@ class CacheError(ProbesError):
     """An activation cache on disk is inconsistent with its manifest."""
 
 
+class CollectionError(ProbesError, RuntimeError):
+    """A forward pass produced activations that cannot be stored (NaN or infinite values): the message names
+    the dataset row ids and the site, so the rows (or the model's dtype) can be fixed."""
+
+
 class TrackingError(ProbesError):
     """MLflow tracking failed and the run was configured to fail rather than continue untracked."""
 

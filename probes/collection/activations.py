@@ -65,10 +65,13 @@ Features = torch.Tensor | RaggedTokens
 
 @dataclass
 class Activations:
-    """Activations of one dataset at one or more sites.
+    """Activations of one dataset at one or more sites, for one or more poolings.
 
     ``acts["layers.6"]`` is an ``(n, d)`` float tensor for ``pooling="last"``/``"mean"`` or a
-    :class:`RaggedTokens` for ``pooling="tokens"``. Rows are in dataset order.
+    :class:`RaggedTokens` for ``pooling="tokens"``. Rows are in dataset order. When several poolings were
+    collected in one pass, ``acts[site]`` is the first (primary) one, ``acts[site, "mean"]`` any one, and
+    ``acts.pooled("mean")`` a single-pooling view; ``acts.poolings`` lists them. Collected with a cache, the
+    tensors are memory-mapped from it (ordinary tensors whose pages load on first touch).
     """
 
     features: dict[str, Features]
@@ -76,10 +79,18 @@ class Activations:
     ids: list[str]
     groups: list[str | None]
     spec: dict[str, Any] = field(default_factory=dict)  # model fingerprint, pooling, max_length, dtype, ...
+    by_pooling: dict[str, dict[str, Features]] = field(default_factory=dict)  # every pooling collected
     #: numeric targets of regression probes, name -> ``(n,)`` float64 (the dataset's ``target_value``)
     values: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def __getitem__(self, site: str | int) -> Features:
+    def __post_init__(self) -> None:
+        if not self.by_pooling:
+            self.by_pooling = {self.pooling: self.features}
+
+    def __getitem__(self, site: str | int | tuple[str | int, str]) -> Features:
+        if isinstance(site, tuple):
+            site, pooling = site
+            return self.pooled(pooling)[site]
         key = f"layers.{site}" if isinstance(site, int) else site
         if key not in self.features:
             raise KeyError(f"No activations for site {site!r}; collected: {', '.join(self.features)}")
@@ -106,18 +117,43 @@ class Activations:
 
     @property
     def pooling(self) -> str:
-        return str(self.spec.get("pooling", "last"))
+        """The primary pooling (the first one asked for)."""
+        value = self.spec.get("pooling", "last")
+        return str(value[0] if isinstance(value, list) else value)
+
+    @property
+    def poolings(self) -> list[str]:
+        return list(self.by_pooling)
+
+    def pooled(self, pooling: str) -> Activations:
+        """The activations of one of the collected poolings (shares the tensors, copies nothing)."""
+        if pooling not in self.by_pooling:
+            raise KeyError(f"pooling {pooling!r} was not collected; collected: {', '.join(self.by_pooling)}")
+        return Activations(
+            features=self.by_pooling[pooling],
+            labels=self.labels,
+            ids=self.ids,
+            groups=self.groups,
+            spec={**self.spec, "pooling": pooling},
+            values=self.values,
+        )
 
     def subset(self, index: np.ndarray | list[int]) -> Activations:
         idx = np.asarray(index, dtype=np.int64)
-        feats: dict[str, Features] = {}
-        for key, value in self.features.items():
-            feats[key] = value.subset(idx) if isinstance(value, RaggedTokens) else value[torch.as_tensor(idx)]
+
+        def take(features: dict[str, Features]) -> dict[str, Features]:
+            return {
+                k: v.subset(idx) if isinstance(v, RaggedTokens) else v[torch.as_tensor(idx)]
+                for k, v in features.items()
+            }
+
+        by_pooling = {p: take(f) for p, f in self.by_pooling.items()}
         return Activations(
-            features=feats,
+            features=by_pooling[self.pooling] if self.pooling in by_pooling else take(self.features),
             labels=self.labels[idx],
             ids=[self.ids[i] for i in idx],
             groups=[self.groups[i] for i in idx],
             spec=dict(self.spec),
+            by_pooling=by_pooling,
             values={k: v[idx] for k, v in self.values.items()},
         )

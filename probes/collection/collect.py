@@ -1,20 +1,24 @@
-"""Exact, early-stopping activation collection with a resumable disk cache.
+"""Exact, early-stopping activation collection with a resumable, checksummed disk cache.
 
 How a collection runs
 ---------------------
 1. The dataset is encoded once (``probes.data.render.encode_dataset``): token ids plus the detection mask.
 2. Rows are sorted by length (longest first, so an out-of-memory error shows up on the first batch) and cut
-   into batches, which keeps padding small; results are written back in dataset order.
-3. One forward pass per batch reads every requested site through forward hooks. The hook of the deepest site
+   into batches of ``batch_size`` rows, or of as many rows as fit ``max_tokens`` computed tokens; results
+   are written back in dataset order.
+3. Where the model allows it exactly, the rows of a batch are **packed** into few sequences (own
+   ``position_ids``, block-diagonal 4-D attention mask), so the pass computes about as many tokens as the
+   rows hold; otherwise they are padded exactly (see :mod:`probes.collection.engine`).
+4. One forward pass per batch reads every requested site through forward hooks. The hook of the deepest site
    raises a private exception once it has read its activations, so blocks after it never run. The pass calls
    the *base* model (``model.base_model``), so no logits are computed even when ``final_norm`` is requested.
-4. Padding is exact on both sides: an attention mask always, and ``position_ids`` = cumulative sum of the
-   mask minus one whenever the model's forward takes them, so a left-padded row sees the positions it would
-   see alone.
-5. Each hook pools at once on the device (``last``/``mean``/``tokens`` over the target mask) and moves only
-   the pooled rows to the CPU: full hidden states never outlive their batch.
-6. With ``cache_dir``, finished rows are flushed to safetensors shards every ``shard_rows`` rows (and when an
-   exception interrupts the run); a rerun loads the done rows and computes only the missing ones.
+5. Each hook pools at once on the device into every requested pooling (``last``/``mean``/``tokens`` over the
+   target mask, all from the one hidden state) and the batch moves to the CPU in one copy: full hidden
+   states never outlive their batch. NaN or infinite features stop the collection, naming the rows.
+6. With ``cache_dir``, finished rows are flushed to checksummed safetensors shards every ``flush_seconds``
+   of work, at 64 MiB, or every ``shard_rows`` rows (and when an exception interrupts the run); a rerun
+   computes only the missing rows. A complete entry is compacted into one dataset-order file, and the
+   result is memory-mapped from it: it need not fit in RAM.
 
 Steps 2-5 live in :mod:`probes.collection.engine` and :mod:`probes.collection.pooling`, the spec and cache
 key in :mod:`probes.collection.spec`, the shard format in :mod:`probes.collection.cache`.
@@ -30,21 +34,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes.collection.activations import Activations, Features
+from probes.collection.activations import Activations, Features, RaggedTokens
 from probes.collection.cache import ActivationCache, ShardBuffer
 from probes.collection.engine import eval_mode, input_device, resolve_padding_side, run_rows, tokenizer_pad_id
-from probes.collection.pooling import POOLINGS, Outputs, Pooling, dtype_name, storage_dtype, validate_rows
+from probes.collection.pooling import (
+    Outputs,
+    Pooling,
+    dtype_name,
+    feature_key,
+    parse_poolings,
+    storage_dtype,
+    validate_rows,
+)
 from probes.collection.spec import collection_spec
 from probes.data.types import Encoded
-from probes.errors import CacheError, DatasetError
+from probes.errors import DatasetError
 from probes.models.sites import block_list, parse_sites
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.data.dataset import ContrastDataset
 
-# A shard is flushed at ``shard_rows`` rows or at this many bytes of features, whichever comes first, so
-# token-level collections of long rows keep RAM bounded too.
-SHARD_BYTES = 256 * 2**20
+# A shard is flushed at this many bytes of features, after this much work, or at ``shard_rows`` rows,
+# whichever comes first: RAM stays bounded for long token-level rows, and a kill -9 loses at most about
+# FLUSH_SECONDS of work.
+SHARD_BYTES = 64 * 2**20
+FLUSH_SECONDS = 30.0
 
 
 def _progress(total: int, initial: int, enabled: bool) -> Any:
@@ -53,34 +67,45 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=initial, desc="collect", unit="row", disable=not enabled, leave=False)
 
 
+def _check_batching(batch_size: int, max_tokens: int | None, shard_rows: int | None) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (or None), got {max_tokens}.")
+    if shard_rows is not None and shard_rows < 1:
+        raise ValueError(f"shard_rows must be >= 1 (or None), got {shard_rows}.")
+
+
 def collect_encoded(
     model: nn.Module,
     encoded: Sequence[Encoded],
     layers: Sequence[str | int] | str | int,
-    pooling: Pooling = "last",
+    pooling: Pooling | Sequence[Pooling] = "last",
     *,
     batch_size: int = 16,
+    max_tokens: int | None = None,
+    packing: bool | Literal["auto"] = "auto",
     pad_token_id: int = 0,
     padding_side: Literal["left", "right"] = "right",
     layers_attr: str | None = None,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
-) -> dict[str, Features]:
+    stats: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Collect pooled activations of already-encoded rows, in their order, without a cache.
 
     The lower-level twin of :func:`collect` for callers that tokenize themselves; same sites, pooling,
-    batching, padding and early stop.
+    batching, packing and early stop. Returns ``{site: features}`` for one pooling, or
+    ``{pooling: {site: features}}`` when ``pooling`` is a list.
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r} is not supported; use 'last', 'mean' or 'tokens'.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    poolings = parse_poolings(pooling)
+    _check_batching(batch_size, max_tokens, None)
     layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
     sites = parse_sites(layers, len(block_list(model, layers_attr)))  # type: ignore[arg-type]
     out_dtype = storage_dtype(dtype)
-    counts = validate_rows(encoded, pooling, None)
-    outputs = Outputs([s.name for s in sites], pooling, counts, out_dtype)
+    counts = validate_rows(encoded, poolings, None)
+    outputs = Outputs([s.name for s in sites], poolings, counts, out_dtype)
     bar = _progress(len(encoded), 0, progress)
     try:
         with torch.inference_mode(), eval_mode(model):
@@ -89,8 +114,10 @@ def collect_encoded(
                 encoded,
                 np.arange(len(encoded)),
                 sites,
-                pooling,
+                poolings,
                 batch_size=batch_size,
+                max_tokens=max_tokens,
+                packing=packing,
                 pad_id=pad_token_id,
                 padding_side=padding_side,
                 layers_attr=layers_attr,
@@ -98,14 +125,30 @@ def collect_encoded(
                 device=torch.device(device) if device is not None else input_device(model),
                 on_batch=lambda rows, feats, _counts: outputs.fill(rows, feats),
                 progress_bar=bar,
+                stats=stats,
             )
     finally:
         bar.close()
-    return outputs.result(_hidden_size(model))
+    result = outputs.result(_hidden_size(model))
+    return result[poolings[0]] if isinstance(pooling, str) else result
 
 
 def _hidden_size(model: nn.Module) -> int:
     return int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0)
+
+
+def _from_mapped(
+    cache: ActivationCache, sites: list[str], poolings: list[str]
+) -> dict[str, dict[str, Features]]:
+    features, offsets = cache.load_mapped()
+    out: dict[str, dict[str, Features]] = {p: {} for p in poolings}
+    for site in sites:
+        for p in poolings:
+            value = features[feature_key(site, p)]
+            out[p][site] = (
+                RaggedTokens(value, offsets.clone()) if offsets is not None and p == "tokens" else value
+            )
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,9 +159,11 @@ def collect(
     tokenizer: Any,
     dataset: ContrastDataset,
     layers: Sequence[str | int] | str | int,
-    pooling: Pooling = "last",
+    pooling: Pooling | Sequence[Pooling] = "last",
     *,
     batch_size: int = 16,
+    max_tokens: int | None = None,
+    packing: bool | Literal["auto"] = "auto",
     max_length: int = 512,
     max_chars: int | None = None,
     cache_dir: str | Path | None = None,
@@ -128,7 +173,9 @@ def collect(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     padding_side: Literal["left", "right"] | None = None,
-    shard_rows: int = 1024,
+    shard_rows: int | None = None,
+    flush_seconds: float = FLUSH_SECONDS,
+    stats: dict[str, int] | None = None,
 ) -> Activations:
     """Residual-stream activations of every row of ``dataset`` at ``layers``, in one early-stopping pass.
 
@@ -138,32 +185,38 @@ def collect(
         dataset: a :class:`~probes.data.ContrastDataset`.
         layers: site names (``"layers.6"``, ``6``, ``-1``, ``"final_norm"``), a list of them, or ``"all"``
             (``layers.0`` .. ``layers.L``).
-        pooling: ``"last"`` token of the detection target, ``"mean"`` over it, or every target token
-            (``"tokens"``, a :class:`RaggedTokens` per site).
-        batch_size: rows per forward pass (rows are length-sorted first).
+        pooling: ``"last"`` token of the detection target, ``"mean"`` over it, every target token
+            (``"tokens"``, a :class:`RaggedTokens` per site), or a list of them, all computed from one
+            forward pass (``acts[site]`` is the first; ``acts.pooled("mean")`` each one).
+        batch_size: rows per forward pass (rows are length-sorted first); ignored when ``max_tokens`` is set.
+        max_tokens: token budget of one forward pass (rows x padded width, or the packed sequences' tokens);
+            rows per batch then vary with their length. ``None``: ``batch_size`` rows per pass.
+        packing: ``"auto"`` packs several rows into one sequence where that is exact for the model (and
+            pads otherwise, saying so in a log line); ``True`` insists (error if not exact); ``False`` pads.
         max_length: rows are truncated to this many tokens (the data layer's policy: the start is kept).
         max_chars: rows are cut to this many characters before tokenizing (default 64 x max_length), so a
             huge row costs memory in proportion to max_length (see :mod:`probes.data.render`).
-        cache_dir: folder of the disk cache; ``None`` keeps everything in memory.
+        cache_dir: folder of the disk cache; ``None`` keeps everything in memory. With a cache the result is
+            memory-mapped from the cache's data file.
         chat_template: a Jinja chat template overriding the tokenizer's, for chat rows.
         progress: show a progress bar.
         layers_attr: dotted path of the block list for unknown architectures.
         dtype: storage dtype of the features (``"float32"`` default, ``"bfloat16"``, ``"float16"``).
         device: where inputs go; default the device of the input embeddings.
         padding_side: ``"left"``/``"right"``; default the tokenizer's. Results are the same either way.
-        shard_rows: with a cache, finished rows are flushed every this many rows, so a crash loses at most
-            that much work and RAM holds at most one shard beyond the result.
+        shard_rows: with a cache, also flush every this many rows (default: by time and size only).
+        flush_seconds: with a cache, finished rows are flushed after at most this much work (default 30 s)
+            or 64 MiB of features, so a crash loses at most about that much.
+        stats: a dict that gains ``computed_tokens``, ``real_tokens``, ``batches`` and ``packed``.
 
     Returns:
         :class:`Activations` in dataset order with labels, ids, groups and ``spec`` (model fingerprint,
-        sites, pooling, max_length, dtype, dataset fingerprint, cache key).
+        sites, poolings, max_length, dtype, dataset fingerprint, cache key).
     """
     from probes.data.render import encode_dataset
 
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling={pooling!r} is not supported; use 'last', 'mean' or 'tokens'.")
-    if batch_size < 1 or shard_rows < 1:
-        raise ValueError(f"batch_size and shard_rows must be >= 1, got {batch_size} and {shard_rows}.")
+    poolings = parse_poolings(pooling)
+    _check_batching(batch_size, max_tokens, shard_rows)
     layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
     n_layers = len(block_list(model, layers_attr))
     sites = parse_sites(layers, n_layers)  # type: ignore[arg-type]
@@ -174,7 +227,7 @@ def collect(
         dataset, tokenizer, max_length=max_length, max_chars=max_chars, chat_template=chat_template
     )
     ids = list(dataset.ids)
-    counts = validate_rows(encoded, pooling, ids)
+    counts = validate_rows(encoded, poolings, ids)
     for i, row in enumerate(encoded):
         if len(row) > max_length:
             raise DatasetError(
@@ -186,82 +239,127 @@ def collect(
         dataset,
         encoded,
         sites=site_names,
-        pooling=pooling,
+        poolings=poolings,
         max_length=max_length,
         out_dtype=out_dtype,
         chat_template=chat_template,
         layers_attr=layers_attr,
     )
-
-    outputs = Outputs(site_names, pooling, counts, out_dtype)
-    done = np.zeros(len(encoded), dtype=bool)
-    cache: ActivationCache | None = None
-    if cache_dir is not None:
-        cache = ActivationCache.open(
-            cache_dir,
-            spec["cache_key"],
-            spec=spec,
-            n_rows=len(encoded),
-            sites=site_names,
-            pooling=pooling,
-            dtype=dtype_name(out_dtype),
-        )
-        for rows, feats, _offsets in cache.iter_shards():
-            outputs.fill(rows, feats)
-            done[rows.numpy()] = True
-        if cache.complete and not done.all():
-            raise CacheError(
-                f"The cache at {cache.folder} is marked complete but lacks rows. Delete it and rerun."
-            )
-
-    todo = np.flatnonzero(~done)
-    if len(todo):
-        buffer = ShardBuffer(site_names, tokens=pooling == "tokens")
-
-        def flush() -> None:
-            nonlocal buffer
-            if cache is not None and buffer.n_rows:
-                cache.write_shard(buffer, outputs.dims)
-                buffer = ShardBuffer(site_names, tokens=pooling == "tokens")
-
-        def on_batch(rows: torch.Tensor, feats: dict[str, torch.Tensor], batch_counts: torch.Tensor) -> None:
-            outputs.fill(rows, feats)
-            if cache is None:
-                return
-            buffer.add(rows, feats, batch_counts)
-            if buffer.n_rows >= shard_rows or buffer.n_bytes >= SHARD_BYTES:
-                flush()
-
-        bar = _progress(len(encoded), int(done.sum()), progress)
+    engine = dict(
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        packing=packing,
+        pad_id=tokenizer_pad_id(tokenizer),
+        padding_side=resolve_padding_side(padding_side, tokenizer),
+        layers_attr=layers_attr,
+        out_dtype=out_dtype,
+        device=torch.device(device) if device is not None else input_device(model),
+        ids=ids,
+        stats=stats,
+    )
+    if cache_dir is None:
+        outputs = Outputs(site_names, poolings, counts, out_dtype)
+        bar = _progress(len(encoded), 0, progress)
         try:
             with torch.inference_mode(), eval_mode(model):
                 run_rows(
                     model,
                     encoded,
-                    todo,
+                    np.arange(len(encoded)),
                     sites,
-                    pooling,
-                    batch_size=batch_size,
-                    pad_id=tokenizer_pad_id(tokenizer),
-                    padding_side=resolve_padding_side(padding_side, tokenizer),
-                    layers_attr=layers_attr,
-                    out_dtype=out_dtype,
-                    device=torch.device(device) if device is not None else input_device(model),
-                    on_batch=on_batch,
+                    poolings,
+                    on_batch=lambda rows, feats, _counts: outputs.fill(rows, feats),
                     progress_bar=bar,
+                    **engine,  # type: ignore[arg-type]
                 )
         finally:
-            # Also on an exception (Ctrl-C, OOM, a crash in a later batch): finished rows are kept.
             bar.close()
-            flush()
-    if cache is not None and not cache.complete:
-        cache.mark_complete()
-
+        by_pooling = outputs.result(_hidden_size(model))
+    else:
+        by_pooling = _collect_cached(
+            model,
+            encoded,
+            sites,
+            poolings,
+            spec,
+            Path(cache_dir),
+            out_dtype,
+            progress,
+            shard_rows,
+            flush_seconds,
+            engine,
+        )
     return Activations(
-        features=outputs.result(_hidden_size(model)),
+        features=by_pooling[poolings[0]],
         labels=np.asarray(dataset.labels, dtype=np.int64),
         ids=ids,
         groups=list(dataset.groups),
         spec=spec,
+        by_pooling=by_pooling,
         values={n: dataset.target_values(n) for n in dataset.value_names},
     )
+
+
+def _collect_cached(
+    model: nn.Module,
+    encoded: Sequence[Encoded],
+    sites: list[Any],
+    poolings: list[str],
+    spec: dict[str, Any],
+    cache_dir: Path,
+    out_dtype: torch.dtype,
+    progress: bool,
+    shard_rows: int | None,
+    flush_seconds: float,
+    engine: dict[str, Any],
+) -> dict[str, dict[str, Features]]:
+    """Compute the rows the cache entry lacks into shards, compact the entry, and map it."""
+    site_names = [s.name for s in sites]
+    stored = sorted(poolings)  # the entry is the same whichever pooling the caller lists first
+    cache = ActivationCache.open(
+        cache_dir,
+        spec["cache_key"],
+        spec=spec,
+        n_rows=len(encoded),
+        sites=site_names,
+        poolings=stored,
+        dtype=dtype_name(out_dtype),
+    )
+    if not cache.complete:
+        done = cache.done_rows()
+        todo = np.flatnonzero(~done)
+        keys = [feature_key(s, p) for s in site_names for p in stored]
+        token_keys = [k for k in keys if k.endswith("/tokens")]
+        dims = {k: _hidden_size(model) for k in keys}
+        buffer = ShardBuffer(keys, token_keys)
+
+        def flush() -> None:
+            nonlocal buffer
+            if buffer.n_rows:
+                cache.write_shard(buffer, dims)
+                buffer = ShardBuffer(keys, token_keys)
+
+        def on_batch(rows: torch.Tensor, feats: dict[str, torch.Tensor], batch_counts: torch.Tensor) -> None:
+            for k in keys:
+                dims[k] = int(feats[k].shape[-1])
+            buffer.add(rows, feats, batch_counts)
+            if (
+                buffer.n_bytes >= SHARD_BYTES
+                or buffer.age_s >= flush_seconds
+                or (shard_rows is not None and buffer.n_rows >= shard_rows)
+            ):
+                flush()
+
+        if len(todo):
+            bar = _progress(len(encoded), int(done.sum()), progress)
+            try:
+                with torch.inference_mode(), eval_mode(model):
+                    run_rows(
+                        model, encoded, todo, sites, stored, on_batch=on_batch, progress_bar=bar, **engine
+                    )
+            finally:
+                # Also on an exception (Ctrl-C, OOM, a crash in a later batch): finished rows are kept.
+                bar.close()
+                flush()
+        cache.mark_complete()
+    return _from_mapped(cache, site_names, poolings)

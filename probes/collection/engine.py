@@ -1,13 +1,31 @@
-"""The forward engine: length-sorted batches, exact padding, hooks at every site, and an early stop.
+"""The forward engine: length-sorted batches, packing or exact padding, hooks at every site, an early stop.
 
-:func:`run_rows` pads each batch (attention mask, and ``position_ids`` whenever the model takes them, so a
-padded row sees the positions it would see alone), runs one forward pass of the base model with a hook on
-every requested site, and stops the pass at the deepest site by raising :class:`_StopForward` from its hook.
+:func:`run_rows` cuts length-sorted rows into batches (``batch_size`` rows, or as many as fit a
+``max_tokens`` budget), lays each batch out, runs one forward pass of the base model with a hook on every
+requested site, and stops the pass at the deepest site by raising :class:`_StopForward` from its hook.
+
+Two layouts, both exact (equal to each row's own unpadded forward):
+
+* **packed** (the default where the model allows it): several rows share one sequence, each with its own
+  ``position_ids`` (0, 1, ...) and a block-diagonal 4-D attention mask (additive float, causal inside each
+  row for decoders, full inside each row for encoders), so the pass computes about as many tokens as the
+  rows hold. With a flash-attention model the rows go in one ``(1, total)`` sequence with restarting
+  ``position_ids`` and no mask, which transformers turns into a varlen kernel call.
+* **padded**: rows padded to the batch's longest row, an attention mask, and ``position_ids`` = cumulative
+  sum of the mask minus one whenever the model takes them, so a left-padded row sees its own positions.
+
+Packing is used only when :func:`packing_plan` finds it exact for this model: the model must take
+``position_ids``, must not use ALiBi (BLOOM, MPT, Falcon with ``alibi``: their bias is built from a 2-D
+mask), rows must fit its sliding window, and a one-off self-check (two short random rows, packed vs each
+alone, at every requested site) must agree. Otherwise the engine falls back to padded batches and says so
+in one log line.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -17,10 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes.collection.pooling import Pooler
+from probes.collection.pooling import BatchLayout, Pooler, check_finite, feature_key
 from probes.data.types import Encoded
 from probes.errors import SiteError
 from probes.models.sites import Site, block_list, final_norm_module, residual_hook
+
+log = logging.getLogger("probes.collection")
+
+# Packs are at least this long (or the longest row): short rows share a sequence, and the dense T x T
+# attention of a pack stays a small part of its cost (4 T d of 24 d^2 FLOPs per token at T = 256).
+PACK_TOKENS = 256
+# Model types whose position information is an ALiBi bias built from a 2-D padding mask.
+_ALIBI_TYPES = frozenset({"bloom", "mpt", "baichuan"})
 
 
 class _StopForward(Exception):
@@ -88,32 +114,287 @@ class _Runner:
                 extra[flag] = False
         return cls(module, "position_ids" in params, extra)
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor | None = None,
+    ) -> None:
         kwargs = dict(self.extra)
-        if self.pass_position_ids:
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids
+        elif self.pass_position_ids and attention_mask is not None and attention_mask.ndim == 2:
             position_ids = attention_mask.cumsum(-1) - 1
             kwargs["position_ids"] = position_ids.clamp_(min=0)
         self.module(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
-def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+@dataclass
+class Batch:
+    """One forward pass: its rows (dataset positions, in layout order), inputs and pooling layout."""
+
+    rows: np.ndarray
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor | None
+    position_ids: torch.Tensor | None
+    layout: BatchLayout
+
+    @property
+    def computed_tokens(self) -> int:
+        return int(self.input_ids.numel())
 
 
-def _pad_batch(
-    rows: Sequence[Encoded], pad_id: int, padding_side: str, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    target = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        n = len(row)
-        sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
-        input_ids[i, sl] = torch.as_tensor(row.input_ids, dtype=torch.long)
-        attention[i, sl] = 1
-        target[i, sl] = torch.as_tensor(row.target_mask, dtype=torch.bool)
-    return input_ids.to(device), attention.to(device), target.to(device)
+def plan_batches(
+    order: np.ndarray,
+    lengths: dict[int, int] | np.ndarray,
+    batch_size: int,
+    max_tokens: int | None,
+    packed: bool,
+) -> list[list[list[int]]]:
+    """Cut length-sorted rows (``order``, longest first) into batches of sequences of rows.
+
+    A batch is a list of sequences, a sequence a list of rows (one row per sequence when padded). Without
+    ``max_tokens`` a batch holds ``batch_size`` rows; with it, as many rows as keep the computed tokens
+    (sequences x the longest sequence) within ``max_tokens`` (always at least one row). Packed sequences
+    are filled first-fit-decreasing up to ``max(PACK_TOKENS, longest row of the batch)`` tokens.
+    """
+    n = len(order)
+    batches: list[list[list[int]]] = []
+    if not packed:
+        i = 0
+        while i < n:
+            longest = max(1, int(lengths[order[i]]))
+            take = batch_size if max_tokens is None else max(1, max_tokens // longest)
+            batches.append([[int(r)] for r in order[i : i + take]])
+            i += take
+        return batches
+    groups: list[np.ndarray] = []
+    if max_tokens is None:
+        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    else:
+        i = 0
+        while i < n:
+            cap = max(PACK_TOKENS, int(lengths[order[i]]))
+            packs = max(1, max_tokens // cap)
+            # Rows until their tokens would fill `packs` sequences of `cap` (bin packing may need one more
+            # sequence than the sum suggests; the budget check below keeps the batch within max_tokens).
+            j, total = i, 0
+            while j < n and total + int(lengths[order[j]]) <= packs * cap:
+                total += int(lengths[order[j]])
+                j += 1
+            groups.append(order[i : max(j, i + 1)])
+            i = max(j, i + 1)
+    for group in groups:
+        cap = max(PACK_TOKENS, int(lengths[group[0]]))
+        seqs: list[list[int]] = []
+        room: list[int] = []
+        for r in group:  # first fit, longest first
+            need = int(lengths[r])
+            for k, free in enumerate(room):
+                if need <= free:
+                    seqs[k].append(int(r))
+                    room[k] -= need
+                    break
+            else:
+                seqs.append([int(r)])
+                room.append(cap - need)
+        if max_tokens is not None:
+            # Bin packing may have opened one sequence more than the budget holds: split the batch.
+            per = max(1, max_tokens // max(cap - min(room), 1))
+            batches.extend(seqs[k : k + per] for k in range(0, len(seqs), per))
+        else:
+            batches.append(seqs)
+    return batches
+
+
+def _padded_batch(
+    rows: list[int],
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    padding_side: str,
+    device: torch.device,
+) -> Batch:
+    width = max(len(encoded[r]) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    attention = np.zeros((len(rows), width), dtype=np.int64)
+    starts = np.zeros(len(rows), dtype=np.int64)
+    for i, r in enumerate(rows):
+        n = len(encoded[r])
+        lo = width - n if padding_side == "left" else 0
+        ids[i, lo : lo + n] = encoded[r].input_ids
+        attention[i, lo : lo + n] = 1
+        starts[i] = i * width + lo
+    layout = BatchLayout.build((len(rows), width), starts, [encoded[r] for r in rows], device)
+    return Batch(
+        np.asarray(rows, dtype=np.int64),
+        torch.from_numpy(ids).to(device),
+        torch.from_numpy(attention).to(device),
+        None,
+        layout,
+    )
+
+
+def _packed_batch(
+    seqs: list[list[int]],
+    encoded: Sequence[Encoded],
+    pad_id: int,
+    device: torch.device,
+    mode: str,
+    mask_dtype: torch.dtype,
+) -> Batch:
+    """Rows of each sequence side by side, own positions, block-diagonal mask (``mode``: causal/bidirectional)
+    or, for ``mode="varlen"``, every row in one sequence with restarting positions and no mask."""
+    if mode == "varlen":
+        seqs = [[r for seq in seqs for r in seq]]
+    width = max(sum(len(encoded[r]) for r in seq) for seq in seqs)
+    b = len(seqs)
+    ids = np.full((b, width), pad_id, dtype=np.int64)
+    positions = np.zeros((b, width), dtype=np.int64)
+    # Segment id per position; padding gets its own id per position, so it attends only to itself (a query
+    # that sees no key at all would make NaN that 0-weight attention could still carry into real rows).
+    segment = -1 - np.arange(b * width, dtype=np.int64).reshape(b, width)
+    rows: list[int] = []
+    starts: list[int] = []
+    for i, seq in enumerate(seqs):
+        at = 0
+        for r in seq:
+            n = len(encoded[r])
+            ids[i, at : at + n] = encoded[r].input_ids
+            positions[i, at : at + n] = np.arange(n)
+            segment[i, at : at + n] = len(rows)
+            rows.append(r)
+            starts.append(i * width + at)
+            at += n
+        positions[i, at:] = np.arange(width - at)
+    layout = BatchLayout.build(
+        (b, width), np.asarray(starts, dtype=np.int64), [encoded[r] for r in rows], device
+    )
+    mask: torch.Tensor | None = None
+    if mode != "varlen":
+        seg = torch.from_numpy(segment).to(device)
+        allowed = seg[:, :, None] == seg[:, None, :]
+        if mode == "causal":
+            allowed &= torch.ones(width, width, dtype=torch.bool, device=device).tril_()
+        mask = torch.zeros(b, 1, width, width, dtype=mask_dtype, device=device)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(mask_dtype).min)
+    return Batch(
+        np.asarray(rows, dtype=np.int64),
+        torch.from_numpy(ids).to(device),
+        mask,
+        torch.from_numpy(positions).to(device),
+        layout,
+    )
+
+
+def _compute_dtype(model: nn.Module) -> torch.dtype:
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return param.dtype if param is not None else torch.float32
+
+
+# model -> {(sites, attention implementation, called module): packing mode or None}; weak, so a model that is
+# freed takes its entry with it (an id() key could be reused by a later, different model).
+_PLAN_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, int], str | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def packing_plan(
+    model: nn.Module,
+    runner: _Runner,
+    sites: list[Site],
+    layers_attr: str | None,
+    device: torch.device,
+    longest: int,
+) -> tuple[str | None, str]:
+    """``(mode, reason)``: ``"causal"``/``"bidirectional"``/``"varlen"`` when packing is exact for this
+    model, else ``None`` and why not. The self-check runs once per model (and site set)."""
+    config = getattr(model, "config", None)
+    model_type = str(getattr(config, "model_type", "") or "")
+    if model_type in _ALIBI_TYPES or getattr(config, "alibi", False):
+        return None, f"{model_type} uses ALiBi position biases, which a packed sequence cannot express"
+    if not runner.pass_position_ids:
+        return None, f"{type(runner.module).__name__}.forward takes no position_ids"
+    window = getattr(config, "sliding_window", None)
+    if isinstance(window, int) and window > 0 and longest > window:
+        return None, f"a row of {longest} tokens is longer than the sliding window ({window})"
+    impl = str(getattr(config, "_attn_implementation", "") or "")
+    key = (",".join(s.name for s in sites), impl, id(runner.module))
+    plans = _PLAN_CACHE.setdefault(model, {})
+    if key not in plans:
+        candidates = ["varlen"] if impl.startswith("flash") else ["causal", "bidirectional"]
+        plans[key] = next(
+            (m for m in candidates if _self_check(model, runner, sites, layers_attr, device, m)), None
+        )
+    mode = plans[key]
+    if mode is None:
+        return None, "the packed-vs-unpacked self-check disagreed (the model ignores a custom 4-D mask)"
+    return mode, ""
+
+
+def _self_check(
+    model: nn.Module,
+    runner: _Runner,
+    sites: list[Site],
+    layers_attr: str | None,
+    device: torch.device,
+    mode: str,
+) -> bool:
+    """Two random rows (5 and 3 tokens) packed with one padding position vs each alone: equal at every site?"""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    gen = torch.Generator().manual_seed(0)
+    hi = max(min(vocab, 1000), 4)
+    rows = [
+        Encoded(tuple(torch.randint(3 if hi > 3 else 0, hi, (n,), generator=gen).tolist()), (True,) * n)
+        for n in (5, 3)
+    ]
+    dtype = _compute_dtype(model)
+    pooler = Pooler(["tokens"], torch.float32)
+    deepest = max(sites, key=lambda s: s.index)
+    got: dict[str, torch.Tensor] = {}
+
+    def hook_for(site: Site) -> Callable[[torch.Tensor], None]:
+        def hook(hidden: torch.Tensor) -> None:
+            got[site.name] = pooler(site.name, hidden)[feature_key(site.name, "tokens")].float()
+            if site is deepest:
+                raise _StopForward
+
+        return hook
+
+    try:
+        with ExitStack() as stack:
+            for site in sites:
+                stack.enter_context(residual_hook(model, site, hook_for(site), layers_attr=layers_attr))
+            reference: list[dict[str, torch.Tensor]] = []
+            for i in range(len(rows)):
+                batch = _padded_batch([i], rows, 0, "right", device)
+                pooler.set_batch(batch.layout)
+                got.clear()
+                with suppress(_StopForward):
+                    runner(batch.input_ids, batch.attention_mask)
+                reference.append(dict(got))
+            # Capacity for one padding position at the end, which must not disturb the rows.
+            packed = _packed_batch([[0, 1]], rows, 0, device, mode, dtype)
+            if mode != "varlen":
+                pad = Encoded((0,), (False,))
+                packed = _packed_batch([[0, 1, 2]], [*rows, pad], 0, device, mode, dtype)
+            pooler.set_batch(packed.layout)
+            got.clear()
+            with suppress(_StopForward):
+                runner(packed.input_ids, packed.attention_mask, packed.position_ids)
+    except Exception as exc:  # noqa: BLE001 - any failure of the packed call means: do not pack
+        log.debug("packing self-check (%s) failed: %s", mode, exc)
+        return False
+    tol = 1e-4 if dtype == torch.float32 or dtype == torch.float64 else 2e-2
+    for site in sites:
+        if site.name not in got or any(site.name not in r for r in reference):
+            return False
+        expected = torch.cat([r[site.name] for r in reference])
+        if got[site.name].shape != expected.shape:
+            return False
+        scale = max(1.0, float(expected.abs().max()))
+        if not float((got[site.name] - expected).abs().max()) <= tol * scale:
+            return False
+    return True
 
 
 def run_rows(
@@ -121,7 +402,7 @@ def run_rows(
     encoded: Sequence[Encoded],
     todo: np.ndarray,
     sites: list[Site],
-    pooling: str,
+    poolings: Sequence[str],
     *,
     batch_size: int,
     pad_id: int,
@@ -131,43 +412,82 @@ def run_rows(
     device: torch.device,
     on_batch: Callable[[torch.Tensor, dict[str, torch.Tensor], torch.Tensor], None],
     progress_bar: Any,
+    max_tokens: int | None = None,
+    packing: bool | str = "auto",
+    ids: Sequence[str] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> None:
-    """Forward the rows ``todo`` in length-sorted batches, calling ``on_batch(rows, features, counts)``."""
+    """Forward the rows ``todo`` in length-sorted batches, calling ``on_batch(rows, features, counts)``.
+
+    ``features`` are keyed by :func:`~probes.collection.pooling.feature_key` (``"<site>/<pooling>"``) and
+    are on the CPU in ``out_dtype``; ``counts`` are the rows' target-token counts. ``packing``: ``"auto"``
+    packs where exact (else pads, with a log line), ``True`` raises if packing is not exact, ``False``
+    pads. ``ids`` name rows in errors (NaN features); ``stats`` gains ``computed_tokens``, ``real_tokens``,
+    ``batches`` and ``packed`` (1/0).
+    """
+    if packing not in ("auto", True, False):
+        raise ValueError(f"packing must be 'auto', True or False; got {packing!r}.")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}.")
     runner = _Runner.build(model, sites, layers_attr)
-    pooler = Pooler(pooling, out_dtype)
+    pooler = Pooler(poolings, out_dtype)
     deepest = max(sites, key=lambda s: s.index)
     captured: dict[str, torch.Tensor] = {}
 
     def make_hook(site: Site) -> Callable[[torch.Tensor], None]:
         def hook(hidden: torch.Tensor) -> None:
-            captured[site.name] = pooler(hidden)
+            captured.update(pooler(site.name, hidden))
             if site is deepest:
                 raise _StopForward
 
         return hook
 
-    lengths = np.fromiter((len(encoded[i]) for i in todo), dtype=np.int64, count=len(todo))
+    lengths = np.zeros(len(encoded), dtype=np.int64)
+    lengths[todo] = np.fromiter((len(encoded[i]) for i in todo), dtype=np.int64, count=len(todo))
     # Longest first and stable, so equal-length rows keep dataset order.
-    order = todo[np.argsort(-lengths, kind="stable")]
+    order = todo[np.argsort(-lengths[todo], kind="stable")]
+    mode: str | None = None
+    if packing is not False and len(order):
+        mode, reason = packing_plan(model, runner, sites, layers_attr, device, int(lengths[order[0]]))
+        if mode is None:
+            if packing is True:
+                raise ValueError(f"packing=True, but packing is not exact for this model: {reason}.")
+            said = _PLAN_CACHE.setdefault(model, {})
+            if ("said", reason, 0) not in said:  # one line per model and reason, not one per collection
+                said[("said", reason, 0)] = None
+                log.warning("collect: padded batches instead of packed sequences: %s.", reason)
+    mask_dtype = _compute_dtype(model)
+    keys = [feature_key(s.name, p) for s in sites for p in poolings]
+    totals = stats if stats is not None else {}
+    for name in ("computed_tokens", "real_tokens", "batches"):
+        totals.setdefault(name, 0)
+    totals["packed"] = int(mode is not None)
     with ExitStack() as stack:
         for site in sites:
             stack.enter_context(residual_hook(model, site, make_hook(site), layers_attr=layers_attr))
-        for batch in _batches(order, batch_size):
-            rows = [encoded[i] for i in batch]
-            input_ids, attention, target = _pad_batch(rows, pad_id, padding_side, device)
-            pooler.set_batch(target)
+        for seqs in plan_batches(order, lengths, batch_size, max_tokens, mode is not None):
+            if mode is None:
+                batch = _padded_batch([s[0] for s in seqs], encoded, pad_id, padding_side, device)
+            else:
+                batch = _packed_batch(seqs, encoded, pad_id, device, mode, mask_dtype)
+            pooler.set_batch(batch.layout)
             captured.clear()
             with suppress(_StopForward):
-                runner(input_ids, attention)
-            missing = [s.name for s in sites if s.name not in captured]
+                runner(batch.input_ids, batch.attention_mask, batch.position_ids)
+            missing = sorted({s.name for s in sites if feature_key(s.name, poolings[0]) not in captured})
             if missing:
                 raise SiteError(
                     f"The forward pass never reached site(s) {missing}; the model does not run the modules the "
                     "site resolver picked. Pass layers_attr= (and norm_attr=) naming the blocks it runs."
                 )
-            counts = target.sum(dim=1).cpu()
-            on_batch(torch.as_tensor(batch, dtype=torch.int64), dict(captured), counts)
-            progress_bar.update(len(batch))
+            features = pooler.to_host({k: captured[k] for k in keys})
+            check_finite(features, batch.layout, batch.rows, ids)
+            counts = batch.layout.counts.cpu()
+            totals["computed_tokens"] += batch.computed_tokens
+            totals["real_tokens"] += int(lengths[batch.rows].sum())
+            totals["batches"] += 1
+            on_batch(torch.from_numpy(batch.rows), features, counts)
+            progress_bar.update(len(batch.rows))
 
 
 def resolve_padding_side(padding_side: str | None, tokenizer: Any) -> str:

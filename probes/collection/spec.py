@@ -25,7 +25,8 @@ from probes.models.fingerprint import model_fingerprint
 if TYPE_CHECKING:  # pragma: no cover
     from probes.data.dataset import ContrastDataset
 
-CACHE_VERSION = 1
+# 2: checksummed shards, several poolings per entry, compacted dataset-order data file.
+CACHE_VERSION = 2
 
 
 def _sha(obj: Any) -> str:
@@ -64,7 +65,7 @@ def collection_spec(
     encoded: Sequence[Encoded],
     *,
     sites: list[str],
-    pooling: str,
+    poolings: Sequence[str],
     max_length: int,
     out_dtype: torch.dtype,
     chat_template: str | None,
@@ -77,7 +78,8 @@ def collection_spec(
         "model_config_hash": config_hash(model),
         "model_dtype": dtype_name(next(model.parameters()).dtype),
         "sites": sites,
-        "pooling": pooling,
+        # Sorted: the entry holds the same tensors whichever pooling the caller lists first.
+        "poolings": sorted(poolings),
         "max_length": max_length,
         "dtype": dtype_name(out_dtype),
         "dataset": dataset.fingerprint(),
@@ -86,4 +88,6 @@ def collection_spec(
         "cache_version": CACHE_VERSION,
     }
     spec["cache_key"] = f"{_slug(str(fingerprint.get('name') or 'model'))}-{_sha(spec)[:20]}"
+    # The primary pooling (what ``Activations[site]`` returns) is not part of the key.
+    spec["pooling"] = poolings[0] if len(poolings) == 1 else list(poolings)
     return spec
