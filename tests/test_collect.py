@@ -54,7 +54,11 @@ def make_dataset(n: int = len(TEXTS)) -> ContrastDataset:
 
 @pytest.fixture()
 def llama() -> tuple[nn.Module, object]:
-    return build_tiny_model("llama")
+    model, tokenizer = build_tiny_model("llama")
+    # The one-off packing self-check (three tiny forwards per model) runs here, so that tests counting
+    # block calls count only the collection's own passes.
+    collect_encoded(model, [Encoded((5, 6), (True, True))], [1], "last")
+    return model, tokenizer
 
 
 @contextmanager
@@ -228,14 +232,11 @@ def test_cache_hit_runs_no_forward_and_layout(llama, tmp_path: Path) -> None:
     assert entry.name == first.spec["cache_key"]
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["complete"] and manifest["n_rows"] == len(dataset)
-    shards = sorted(p.name for p in entry.glob("shard-*.safetensors"))
-    # Shards hold whole batches and are flushed once they reach shard_rows: 3+3 rows, then 3+1.
-    assert (
-        shards
-        == [e["file"] for e in manifest["shards"]]
-        == ["shard-00000.safetensors", "shard-00001.safetensors"]
-    )
-    assert [e["rows"] for e in manifest["shards"]] == [6, 4]
+    assert manifest["format"] == "probes-activation-cache/2"
+    # A complete entry is compacted into one dataset-order file, listed with its sha256; the shards are gone.
+    (data,) = manifest["shards"]
+    assert data["file"] == "data.safetensors" and data["rows"] == len(dataset) and len(data["sha256"]) == 64
+    assert sorted(p.name for p in entry.glob("*.safetensors")) == ["data.safetensors"]
     assert not list(entry.glob("*.tmp"))  # no temp files left behind
     with count_block_calls(model) as calls:
         second = collect(model, tokenizer, dataset, [1, 3], "tokens", batch_size=3, cache_dir=tmp_path)
@@ -301,7 +302,7 @@ def test_resume_after_crash_recomputes_only_missing_rows(llama, tmp_path: Path, 
         resumed = collect(
             model, tokenizer, dataset, [1, 4], pooling, batch_size=2, shard_rows=4, cache_dir=tmp_path
         )
-    assert counts[-1] == len(dataset) - 6  # rows forwarded by block 0: only the missing ones
+    assert counts[0] == (len(dataset) - 6) // 2  # forward passes of block 0: only the missing rows' batches
     assert json.loads((entry / "manifest.json").read_text())["complete"]
     for site in ("layers.1", "layers.4"):
         got, want = resumed[site], reference[site]
@@ -318,15 +319,17 @@ def test_corrupt_or_mismatched_cache_raises_with_the_fix(llama, tmp_path: Path) 
         model, tokenizer, dataset, [1], batch_size=2, shard_rows=2, cache_dir=tmp_path, progress=False
     )
     entry = tmp_path / acts.spec["cache_key"]
+    data = entry / "data.safetensors"
+    original = data.read_bytes()
 
-    shard = entry / "shard-00001.safetensors"
-    shard.write_bytes(shard.read_bytes()[:40])
-    with pytest.raises(CacheError, match="Delete the folder"):
+    data.write_bytes(original[:40])
+    with pytest.raises(CacheError, match="truncated.*Delete the folder"):
         collect(model, tokenizer, dataset, [1], cache_dir=tmp_path, progress=False)
 
-    shard.unlink()
+    data.unlink()
     with pytest.raises(CacheError, match="missing"):
         collect(model, tokenizer, dataset, [1], cache_dir=tmp_path, progress=False)
+    data.write_bytes(original)
 
     manifest_path = entry / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -335,16 +338,82 @@ def test_corrupt_or_mismatched_cache_raises_with_the_fix(llama, tmp_path: Path) 
     with pytest.raises(CacheError, match="n_rows"):
         collect(model, tokenizer, dataset, [1], cache_dir=tmp_path, progress=False)
 
+    manifest["n_rows"], manifest["format"] = 6, "probes-activation-cache/1"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="older probes.*Delete the folder"):
+        collect(model, tokenizer, dataset, [1], cache_dir=tmp_path, progress=False)
+
     manifest_path.write_text("{not json")
     with pytest.raises(CacheError, match="unreadable"):
         collect(model, tokenizer, dataset, [1], cache_dir=tmp_path, progress=False)
 
 
+@pytest.mark.parametrize("partial", [False, True])
+def test_flipped_data_byte_is_refused_naming_the_shard(llama, tmp_path: Path, partial: bool) -> None:
+    """One flipped byte in a shard's feature data (header intact) is caught by the sha256 check."""
+    model, tokenizer = llama
+    dataset = make_dataset(6)
+    if partial:  # an interrupted entry: the flipped byte is in a shard a resumed run would read
+        calls = {"n": 0}
+
+        def crash_on_third(*_: object) -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+
+        handle = block_list(model)[0].register_forward_pre_hook(crash_on_third)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                collect(model, tokenizer, dataset, [1], batch_size=2, cache_dir=tmp_path, progress=False)
+        finally:
+            handle.remove()
+    else:
+        collect(model, tokenizer, dataset, [1], batch_size=2, cache_dir=tmp_path, progress=False)
+    (entry,) = tmp_path.iterdir()
+    (listed,) = json.loads((entry / "manifest.json").read_text())["shards"]
+    shard = entry / listed["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[-3] ^= 0x40  # inside the last feature tensor
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CacheError, match=f"{listed['file']} fails its sha256 check.*Delete the folder"):
+        collect(model, tokenizer, dataset, [1], batch_size=2, cache_dir=tmp_path, progress=False)
+
+
+def test_checksum_is_checked_once_then_recorded(llama, tmp_path: Path, monkeypatch) -> None:
+    import probes.collection.cache as cache_mod
+
+    model, tokenizer = llama
+    dataset = make_dataset(4)
+    first = collect(model, tokenizer, dataset, [1], "mean", cache_dir=tmp_path, progress=False)
+    entry = tmp_path / first.spec["cache_key"]
+    (entry / "verified.json").unlink()  # forget: the next load must hash the data file once
+    hashed: list[str] = []
+    real = cache_mod._sha256_file
+    monkeypatch.setattr(cache_mod, "_sha256_file", lambda p: hashed.append(p.name) or real(p))
+    for _ in range(3):
+        again = collect(model, tokenizer, dataset, [1], "mean", cache_dir=tmp_path, progress=False)
+    assert hashed == ["data.safetensors"]
+    assert torch.equal(again["layers.1"], first["layers.1"])
+
+
 def test_shards_bound_memory_by_row_count(llama, tmp_path: Path) -> None:
     model, tokenizer = llama
     dataset = make_dataset()
-    acts = collect(
-        model, tokenizer, dataset, [2], batch_size=1, shard_rows=3, cache_dir=tmp_path, progress=False
-    )
-    manifest = json.loads((tmp_path / acts.spec["cache_key"] / "manifest.json").read_text())
-    assert [s["rows"] for s in manifest["shards"]] == [3, 3, 3, 1]
+    calls = {"n": 0}
+
+    def crash_on_last(*_: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == len(dataset):
+            raise KeyboardInterrupt
+
+    handle = block_list(model)[0].register_forward_pre_hook(crash_on_last)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            collect(
+                model, tokenizer, dataset, [2], batch_size=1, shard_rows=3, cache_dir=tmp_path, progress=False
+            )
+    finally:
+        handle.remove()
+    (entry,) = tmp_path.iterdir()
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert [s["rows"] for s in manifest["shards"]] == [3, 3, 3]

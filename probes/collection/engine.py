@@ -291,9 +291,9 @@ def _compute_dtype(model: nn.Module) -> torch.dtype:
     return param.dtype if param is not None else torch.float32
 
 
-# model -> {(sites, attention implementation, called module): packing mode or None}; weak, so a model that is
+# model -> {(attention implementation, called module): packing mode or None}; weak, so a model that is
 # freed takes its entry with it (an id() key could be reused by a later, different model).
-_PLAN_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, int], str | None]] = (
+_PLAN_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, int], str | None]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -301,13 +301,12 @@ _PLAN_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, int], str
 def packing_plan(
     model: nn.Module,
     runner: _Runner,
-    sites: list[Site],
     layers_attr: str | None,
     device: torch.device,
     longest: int,
 ) -> tuple[str | None, str]:
     """``(mode, reason)``: ``"causal"``/``"bidirectional"``/``"varlen"`` when packing is exact for this
-    model, else ``None`` and why not. The self-check runs once per model (and site set)."""
+    model, else ``None`` and why not. The self-check runs once per model."""
     config = getattr(model, "config", None)
     model_type = str(getattr(config, "model_type", "") or "")
     if model_type in _ALIBI_TYPES or getattr(config, "alibi", False):
@@ -318,12 +317,15 @@ def packing_plan(
     if isinstance(window, int) and window > 0 and longest > window:
         return None, f"a row of {longest} tokens is longer than the sliding window ({window})"
     impl = str(getattr(config, "_attn_implementation", "") or "")
-    key = (",".join(s.name for s in sites), impl, id(runner.module))
+    key = (impl, id(runner.module))
     plans = _PLAN_CACHE.setdefault(model, {})
     if key not in plans:
+        # Checked at every block's output (not only the requested sites), so one check serves every
+        # later collection from this model.
+        every = [Site(f"layers.{i}", i) for i in range(len(block_list(model, layers_attr)) + 1)]
         candidates = ["varlen"] if impl.startswith("flash") else ["causal", "bidirectional"]
         plans[key] = next(
-            (m for m in candidates if _self_check(model, runner, sites, layers_attr, device, m)), None
+            (m for m in candidates if _self_check(model, runner, every, layers_attr, device, m)), None
         )
     mode = plans[key]
     if mode is None:
@@ -448,13 +450,13 @@ def run_rows(
     order = todo[np.argsort(-lengths[todo], kind="stable")]
     mode: str | None = None
     if packing is not False and len(order):
-        mode, reason = packing_plan(model, runner, sites, layers_attr, device, int(lengths[order[0]]))
+        mode, reason = packing_plan(model, runner, layers_attr, device, int(lengths[order[0]]))
         if mode is None:
             if packing is True:
                 raise ValueError(f"packing=True, but packing is not exact for this model: {reason}.")
             said = _PLAN_CACHE.setdefault(model, {})
-            if ("said", reason, 0) not in said:  # one line per model and reason, not one per collection
-                said[("said", reason, 0)] = None
+            if (reason, -1) not in said:  # one line per model and reason, not one per collection
+                said[(reason, -1)] = None
                 log.warning("collect: padded batches instead of packed sequences: %s.", reason)
     mask_dtype = _compute_dtype(model)
     keys = [feature_key(s.name, p) for s in sites for p in poolings]
