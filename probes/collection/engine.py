@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from probes.collection.pooling import BatchLayout, Pooler, check_finite, feature_key
+from probes.collection.pooling import BatchLayout, Pooler, feature_key, nonfinite_error, nonfinite_rows
 from probes.data.types import Encoded
 from probes.errors import SiteError
 from probes.models.sites import Site, block_list, final_norm_module, residual_hook
@@ -399,6 +399,25 @@ def _self_check(
     return True
 
 
+def _nonfinite_alone(
+    row: int,
+    encoded: Sequence[Encoded],
+    pooler: Pooler,
+    runner: _Runner,
+    captured: dict[str, torch.Tensor],
+    keys: list[str],
+    pad_id: int,
+    device: torch.device,
+) -> bool:
+    """Whether ``row`` forwarded on its own (no packing, no padding) has a non-finite feature."""
+    batch = _padded_batch([row], encoded, pad_id, "right", device)
+    pooler.set_batch(batch.layout)
+    captured.clear()
+    with suppress(_StopForward):
+        runner(batch.input_ids, batch.attention_mask)
+    return bool(nonfinite_rows(pooler.to_host({k: captured[k] for k in keys}), batch.layout))
+
+
 def run_rows(
     model: nn.Module,
     encoded: Sequence[Encoded],
@@ -483,7 +502,18 @@ def run_rows(
                     "site resolver picked. Pass layers_attr= (and norm_attr=) naming the blocks it runs."
                 )
             features = pooler.to_host({k: captured[k] for k in keys})
-            check_finite(features, batch.layout, batch.rows, ids)
+            bad = nonfinite_rows(features, batch.layout)
+            if bad:
+                rows = [int(batch.rows[i]) for i in bad]
+                if mode is not None:
+                    # In a packed sequence a NaN row's values reach its neighbours through 0-weight
+                    # attention (0 * NaN = NaN): forward the suspects alone to name only the culprits.
+                    rows = [
+                        r
+                        for r in rows
+                        if _nonfinite_alone(r, encoded, pooler, runner, captured, keys, pad_id, device)
+                    ]
+                raise nonfinite_error(rows or [int(batch.rows[i]) for i in bad], ids)
             counts = batch.layout.counts.cpu()
             totals["computed_tokens"] += batch.computed_tokens
             totals["real_tokens"] += int(lengths[batch.rows].sum())

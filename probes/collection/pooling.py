@@ -197,10 +197,8 @@ class Pooler:
         return out
 
 
-def check_finite(
-    features: dict[str, torch.Tensor], layout: BatchLayout, rows: Sequence[int], ids: Sequence[str] | None
-) -> None:
-    """Refuse NaN/inf features, naming the dataset rows: they would otherwise go silently into training."""
+def nonfinite_rows(features: dict[str, torch.Tensor], layout: BatchLayout) -> list[int]:
+    """Batch positions of rows with a NaN or infinite feature (any site, any pooling)."""
     bad: torch.Tensor | None = None
     for key, value in features.items():
         finite = torch.isfinite(value).all(dim=-1)
@@ -209,16 +207,17 @@ def check_finite(
             bad_tokens.index_add_(0, layout.row_of_token.to(finite.device), (~finite).long())
             finite = bad_tokens == 0
         bad = ~finite if bad is None else bad | ~finite
-    if bad is None or not bool(bad.any()):
-        return
-    which = [int(rows[i]) for i in torch.flatnonzero(bad).tolist()]
-    names = [repr(ids[i]) if ids is not None else f"#{i}" for i in which]
-    sites = sorted({k.rsplit("/", 1)[0] for k, v in features.items() if not bool(torch.isfinite(v).all())})
+    return [] if bad is None else torch.flatnonzero(bad).tolist()
+
+
+def nonfinite_error(rows: Sequence[int], ids: Sequence[str] | None) -> CollectionError:
+    """The error naming dataset rows whose features are NaN or infinite."""
+    names = [repr(ids[r]) if ids is not None else f"#{r}" for r in rows]
     shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
-    raise CollectionError(
-        f"The model produced NaN or infinite activations at {', '.join(sites)} for dataset row(s) {shown}. "
-        "Nothing was stored for them. Check these rows (empty or degenerate text), or the model's dtype "
-        "(float16 overflows on some models: load it in bfloat16 or float32)."
+    return CollectionError(
+        f"The model produced NaN or infinite activations for dataset row(s) {shown}. Nothing was stored for "
+        "them (rows finished before them are kept in the cache). Check these rows, or the model's weights "
+        "and dtype (float16 overflows on some models: load it in bfloat16 or float32)."
     )
 
 

@@ -16,6 +16,8 @@ from probes.config.probe import LayerItem, LayerRange, ProbeConfig
 from probes.config.stages import DETECTOR_KINDS, DetectorConfig, StagesConfig
 from probes.models.site_names import is_site_name
 
+PoolingName = Literal["last", "mean", "tokens"]
+
 
 class RunConfig(Strict):
     """A whole experiment. Every section is strict: unknown keys are errors."""
@@ -35,10 +37,23 @@ class RunConfig(Strict):
     layers: Literal["all"] | list[LayerItem] | LayerRange = Field(
         "all", description="'all', a list of layer indices / site names, or {start, stop, step}."
     )
-    pooling: Literal["last", "mean", "tokens"] = Field(
-        "last", description="How a row's target tokens become one vector; 'tokens' keeps every token."
+    pooling: PoolingName | list[PoolingName] = Field(
+        "last",
+        description="How a row's target tokens become one vector; 'tokens' keeps every token. A list "
+        "(e.g. [mean, last, tokens]) collects all of them in one pass into one cache entry; the probe "
+        "trains on the first.",
     )
-    batch_size: int = Field(16, gt=0)
+    batch_size: int = Field(16, gt=0, description="Rows per forward pass (unless max_tokens is set).")
+    max_tokens: int | None = Field(
+        None, gt=0, description="Token budget per forward pass: rows per batch then vary with their length."
+    )
+    packing: Literal["auto"] | bool = Field(
+        "auto",
+        description="Pack several rows into one sequence where exact for the model (auto), always, or never.",
+    )
+    shard_rows: int | None = Field(
+        None, gt=0, description="Cache flush every N rows (besides every ~30 s of work and 64 MiB)."
+    )
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cache_dir: str | None = Field(
@@ -103,9 +118,25 @@ class RunConfig(Strict):
                     "novel_rows: positive to count a two-class set's positives as novel and its negatives as benign"
                 )
         for key, given in (("stages", self.stages is not None), ("detectors", bool(self.detectors))):
-            if given and self.pooling == "tokens":
+            if given and self.primary_pooling == "tokens":
                 raise ValueError(f"{key}: read pooled activations; set pooling to 'last' or 'mean'")
         return self
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("pooling list is empty; name at least one of last, mean, tokens")
+            if len(set(value)) != len(value):
+                raise ValueError(f"pooling {value} names a pooling twice")
+            return value[0] if len(value) == 1 else value
+        return value
+
+    @property
+    def primary_pooling(self) -> str:
+        """The pooling probes train on: ``pooling``, or the first of a list."""
+        return self.pooling if isinstance(self.pooling, str) else self.pooling[0]
 
     @property
     def source(self) -> str | None:

@@ -76,7 +76,7 @@ def _save_bundle(
         threshold=thresholds or None,
         name=_slug(prep.train_ds.name),
         label_names=prep.train_ds.label_names,
-        pooling=prep.config.pooling,
+        pooling=prep.config.primary_pooling,
         calibration=calibration,
         run=prep.config.run_name,
         dataset=prep.train_ds.name,

@@ -247,6 +247,10 @@ def _load_model(config: RunConfig, device: str | None = None) -> tuple[Any, Any]
     )
 
 
+def _poolings(config: RunConfig) -> list[str]:
+    return [config.pooling] if isinstance(config.pooling, str) else list(config.pooling)
+
+
 def _collect(
     prep_model: Any, tokenizer: Any, ds: ContrastDataset, sites: list[str], config: RunConfig
 ) -> Activations:
@@ -259,6 +263,9 @@ def _collect(
         sites,
         config.pooling,
         batch_size=config.batch_size,
+        max_tokens=config.max_tokens,
+        packing=config.packing,
+        shard_rows=config.shard_rows,
         max_length=config.data.max_length,
         max_chars=config.data.max_chars,
         cache_dir=config.cache_dir,
@@ -307,7 +314,7 @@ def _prepare(config: RunConfig, reporter: Reporter) -> _Prepared:
         timings,
         "collect",
         reporter,
-        f"Collecting activations at {len(sites)} sites ({config.pooling} pooling)",
+        f"Collecting activations at {len(sites)} sites ({'+'.join(_poolings(config))} pooling)",
     ):
         for key, ds in to_collect:
             reporter.info(f"  {key}: {ds.name} ({len(ds)} rows)")

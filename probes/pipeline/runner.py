@@ -151,7 +151,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             if generalization is not None:
                 generalization.plot(plots / "generalization.png")
             extra.plots(plots)
-        if config.pooling == "tokens":
+        if config.primary_pooling == "tokens":
             with contextlib.suppress(Exception):  # a visual aid: never fail a finished run over it
                 _token_html(prep, probe, site, run_dir / "tokens.html", test_report.threshold)
         warns += [f"test: {w}" for w in test_report.warnings]

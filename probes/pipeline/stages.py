@@ -145,7 +145,7 @@ def evaluate_run(
         model, tokenizer = _load_model(config, device)
         bundle.check_model(model, config.model.layers_attr)
     site = entry.site
-    pooling = entry.pooling or config.pooling
+    pooling = entry.pooling or config.primary_pooling
     cfg = config.model_copy(update={"pooling": pooling})
     sites = list(dict.fromkeys([site, *(e.site for e in detectors)]))
     with reporter.stage(f"Collecting activations at {', '.join(sites)}"):

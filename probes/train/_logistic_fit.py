@@ -28,17 +28,38 @@ class BatchedFit(NamedTuple):
     n_iter: torch.Tensor  # (L,) iterations each problem ran
 
 
-def standardizer_stats(X: torch.Tensor, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+# Rows per chunk wherever a solver reads all of X into a temporary (float64 copies, centred copies, masks):
+# X itself may be memory-mapped from the activation cache and larger than RAM.
+CHUNK_ROWS = 65536
+
+
+def column_stats(X: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 column ``(mean, std)`` of ``(n, d)`` ``X``, two passes over row chunks (no full copy)."""
+    n, d = X.shape
+    total = torch.zeros(d, dtype=torch.float64, device=X.device)
+    for i in range(0, n, chunk_rows):
+        total += X[i : i + chunk_rows].to(torch.float64).sum(0)
+    mean = total / n
+    sq = torch.zeros(d, dtype=torch.float64, device=X.device)
+    for i in range(0, n, chunk_rows):
+        sq += ((X[i : i + chunk_rows].to(torch.float64) - mean) ** 2).sum(0)
+    return mean, (sq / n).sqrt()
+
+
+def _safe_scale(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    # Constant features carry no signal; a unit scale keeps them (and their zero weight) finite.
+    return torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
+
+
+def standardizer_stats(
+    X: torch.Tensor, standardize: bool, chunk_rows: int = CHUNK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
     """float64 ``(mean, scale)`` of ``X``'s columns as numpy arrays, or ``(0, 1)`` without ``standardize``."""
     d = X.shape[1]
     if not standardize:
         return np.zeros(d), np.ones(d)
-    X64 = X.to(torch.float64)
-    mean = X64.mean(0)
-    std = X64.std(0, correction=0)
-    # Constant features carry no signal; a unit scale keeps them (and their zero weight) finite.
-    std = torch.where(std > 1e-12 * (1.0 + mean.abs()), std, torch.ones_like(std))
-    return mean.cpu().numpy(), std.cpu().numpy()
+    mean, std = column_stats(X, chunk_rows)
+    return mean.cpu().numpy(), _safe_scale(mean, std).cpu().numpy()
 
 
 def fit_logistic_sklearn(
@@ -80,6 +101,7 @@ def fit_logistic_batched(
     device: str | torch.device | None = None,
     sample_weight: ArrayLike | None = None,
     precondition: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> BatchedFit:
     """Validate the inputs of :func:`~probes.train.linear.fit_logistic_many` and solve its ``L`` problems."""
     X = torch.stack([torch.as_tensor(x) for x in Xs]) if isinstance(Xs, list | tuple) else torch.as_tensor(Xs)
@@ -94,7 +116,10 @@ def fit_logistic_batched(
     L, n, d = X.shape
     if n < 2:
         raise ValueError(f"fit_logistic_many: need at least 2 rows; got {n}.")
-    if not bool(torch.isfinite(X).all()):
+    finite = all(
+        bool(torch.isfinite(X[:, i : i + chunk_rows]).all()) for i in range(0, X.shape[1], chunk_rows)
+    )
+    if not finite:
         raise ValueError("fit_logistic_many: Xs contains NaN or infinite values.")
     y_np = check_labels(y, n, "fit_logistic_many")
     Cs = [float(C)] * L if isinstance(C, int | float) else [float(c) for c in C]
@@ -109,9 +134,9 @@ def fit_logistic_batched(
     dtype = torch.float32 if X.dtype in (torch.float16, torch.bfloat16) else X.dtype
     X = X.to(dtype)
     if standardize:
-        mean64 = X.to(torch.float64).mean(1)
-        std64 = X.to(torch.float64).std(1, correction=0)
-        std64 = torch.where(std64 > 1e-12 * (1.0 + mean64.abs()), std64, torch.ones_like(std64))
+        stats = [column_stats(X[layer], chunk_rows) for layer in range(L)]
+        mean64 = torch.stack([m for m, _ in stats])
+        std64 = _safe_scale(mean64, torch.stack([s for _, s in stats]))
     else:
         mean64 = torch.zeros(L, d, dtype=torch.float64, device=dev)
         std64 = torch.ones(L, d, dtype=torch.float64, device=dev)
@@ -140,6 +165,7 @@ def fit_logistic_batched(
         tol,
         history,
         precondition,
+        chunk_rows,
     )
     return BatchedFit(Cs, w, b, mean64, std64, n_iter)
 
@@ -156,6 +182,7 @@ def _batched_lbfgs(
     tol: float,
     m: int,
     precondition: bool = True,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L-BFGS with Armijo backtracking, vectorised over ``L`` independent logistic problems.
 
@@ -203,9 +230,11 @@ def _batched_lbfgs(
         # Hessian at w = 0: p(1-p) X~' W X~ + lam I (the weighted, standardised Gram matrix).
         chol = torch.empty(L, d, d, dtype=X.dtype, device=X.device)
         eye = torch.eye(d, dtype=X.dtype, device=X.device)
-        for layer in range(L):  # one layer at a time: a centred copy of all layers would double memory
-            xc = (X[layer] - mean[layer]) / scale[layer]
-            gram = (xc * sw_n[:, None]).T @ xc
+        for layer in range(L):  # one layer and one row chunk at a time: a centred copy would double memory
+            gram = torch.zeros(d, d, dtype=X.dtype, device=X.device)
+            for i in range(0, n, chunk_rows):
+                xc = (X[layer, i : i + chunk_rows] - mean[layer]) / scale[layer]
+                gram += (xc * sw_n[i : i + chunk_rows, None]).T @ xc
             hess = p1 * (1.0 - p1) * gram + (lam[layer] + 1e-6) * eye
             chol[layer] = torch.linalg.cholesky(hess)
     h_b = 1.0 / (p1 * (1.0 - p1))

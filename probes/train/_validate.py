@@ -167,8 +167,9 @@ def check_n_features(d: int, n_features_in: int, who: str) -> None:
         )
 
 
-def _check_finite(t: torch.Tensor, who: str) -> None:
-    if not bool(torch.isfinite(t).all()):
+def _check_finite(t: torch.Tensor, who: str, chunk_rows: int = 65536) -> None:
+    # In row chunks: the boolean mask of a memory-mapped (n, d) set would otherwise be a quarter of its size.
+    if not all(bool(torch.isfinite(t[i : i + chunk_rows]).all()) for i in range(0, t.shape[0], chunk_rows)):
         raise ValueError(
             f"{who}: X contains NaN or infinite values; check the activation collection "
             "(fp16 overflow is a common cause: collect in bfloat16 or float32)."
