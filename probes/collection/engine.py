@@ -342,13 +342,16 @@ def _self_check(
     mode: str,
 ) -> bool:
     """Two random rows (5 and 3 tokens) packed with one padding position vs each alone: equal at every site?"""
-    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
-    gen = torch.Generator().manual_seed(0)
-    hi = max(min(vocab, 1000), 4)
-    rows = [
-        Encoded(tuple(torch.randint(3 if hi > 3 else 0, hi, (n,), generator=gen).tolist()), (True,) * n)
-        for n in (5, 3)
-    ]
+    emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    vocab = int(
+        getattr(emb, "num_embeddings", 0) or getattr(getattr(model, "config", None), "vocab_size", 0) or 0
+    )
+    if vocab < 16:
+        return False
+    # Distinct tokens: with repeated ones, attention that leaks across rows can average identical values
+    # and hide the leak.
+    ids = (torch.randperm(min(vocab, 1000) - 3, generator=torch.Generator().manual_seed(0))[:8] + 3).tolist()
+    rows = [Encoded(tuple(ids[:5]), (True,) * 5), Encoded(tuple(ids[5:]), (True,) * 3)]
     dtype = _compute_dtype(model)
     pooler = Pooler(["tokens"], torch.float32)
     deepest = max(sites, key=lambda s: s.index)

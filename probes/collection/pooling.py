@@ -207,7 +207,7 @@ def nonfinite_rows(features: dict[str, torch.Tensor], layout: BatchLayout) -> li
             bad_tokens.index_add_(0, layout.row_of_token.to(finite.device), (~finite).long())
             finite = bad_tokens == 0
         bad = ~finite if bad is None else bad | ~finite
-    return [] if bad is None else torch.flatnonzero(bad).tolist()
+    return [] if bad is None or not bool(bad.any()) else torch.nonzero(bad).flatten().tolist()
 
 
 def nonfinite_error(rows: Sequence[int], ids: Sequence[str] | None) -> CollectionError:
