@@ -11,6 +11,15 @@ SmolLM2-135M-like Llama: 30 blocks, d=576, 9 heads, 3 KV heads, MLP 1536), readi
     probes collect          collect_encoded(..., layers=[mid], pooling="last"): the engine of probes.collect()
 Part 2 -- a dataset of mixed lengths (16-512 tokens) through collect in length-sorted batches versus the same
 batches in dataset order (unsorted), with the padding each one computes.
+Part 3 (issue 13) -- a mixed-length set (--mixed13-rows, default 200, log-uniform 16-512 tokens) on both
+shapes, one torch thread, process CPU time beside wall, every ratio from one run: probes collect (packed,
+token budget) vs output_hidden_states in file order, vs nnsight in file order and on the same length-sorted
+batches (if installed), vs probes' own padded batches; computed/real tokens; mean+last+tokens from one call
+vs one pooling. Part 4 -- peak RSS growth of pooling="tokens" with a cache, 1k -> 8k rows of ~20 tokens
+(--rss-rows), each size in a fresh subprocess.
+
+    python bench/collect.py --threads 1                       # full run (the lead's)
+    python bench/collect.py --quick --threads 1               # smoke run: 24 rows, RSS at 200/400 rows
 
 Repeats are interleaved across methods (method A, B, C, then again) and the median is reported, so drifting
 load from other processes hits every method alike. Ratios are the point; absolute tokens/s depend on the box.
@@ -21,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import time
 from collections.abc import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -128,6 +138,127 @@ def bench_mixed(n_rows: int) -> list[tuple[str, float, int, int]]:
     ]
 
 
+def _cpu_wall(fn: Callable[[], object]) -> tuple[float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.process_time() - cpu, time.perf_counter() - start
+
+
+def bench_issue13(shape: str, n_rows: int, repeats: int) -> None:
+    """Part 3: every method on one mixed-length set, interleaved repeats, medians of per-round ratios."""
+    model = random_causal_lm(shape)
+    mid = len(block_list(model)) // 2
+    rng = np.random.default_rng(0)
+    lengths = np.exp(rng.uniform(np.log(16), np.log(512), size=n_rows)).astype(int)
+    rows = [Encoded(tuple(rng.integers(3, 30000, size=int(n)).tolist()), (True,) * int(n)) for n in lengths]
+    real = int(lengths.sum())
+    order = np.argsort(-lengths, kind="stable")
+    file_batches = [np.arange(i, min(i + MIXED_BATCH, n_rows)) for i in range(0, n_rows, MIXED_BATCH)]
+    sorted_batches = [order[i : i + MIXED_BATCH] for i in range(0, n_rows, MIXED_BATCH)]
+
+    def padded(batch: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        width = int(lengths[batch].max())
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, r in enumerate(batch):
+            ids[j, : lengths[r]] = torch.tensor(rows[r].input_ids)
+            mask[j, : lengths[r]] = 1
+        return ids, mask
+
+    inputs_file = [padded(b) for b in file_batches]
+    inputs_sorted = [padded(b) for b in sorted_batches]
+    budget = MIXED_BATCH * 512
+    stats: dict[str, int] = {}
+    collect_encoded(model, rows, [mid], "last", max_tokens=budget, stats=stats)  # warm-up + token counts
+    pad_stats: dict[str, int] = {}
+    collect_encoded(model, rows[:4], [mid], "last", batch_size=MIXED_BATCH, packing=False, stats=pad_stats)
+    methods: dict[str, Callable[[], object]] = {
+        "probes collect (packed, max_tokens)": lambda: collect_encoded(
+            model, rows, [mid], "last", max_tokens=budget
+        ),
+        "probes collect, padded sorted batches": lambda: collect_encoded(
+            model, rows, [mid], "last", batch_size=MIXED_BATCH, packing=False
+        ),
+        "probes mean+last+tokens, one call": lambda: collect_encoded(
+            model, rows, [mid], ["mean", "last", "tokens"], max_tokens=budget
+        ),
+        "output_hidden_states, file order": lambda: [
+            model(input_ids=i, attention_mask=m, use_cache=False, output_hidden_states=True)
+            for i, m in inputs_file
+        ],
+    }
+    reader = nnsight_reader(model, mid)
+    if reader is not None:
+        methods["nnsight .stop(), file order"] = lambda: [reader(i, m) for i, m in inputs_file]
+        methods["nnsight .stop(), same sorted batches"] = lambda: [reader(i, m) for i, m in inputs_sorted]
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, fn in methods.items():
+                c, w = _cpu_wall(fn)
+                cpu[name].append(c)
+                wall[name].append(w)
+    ref = "probes collect (packed, max_tokens)"
+    print(f"\n{shape}: {n_rows} rows, log-uniform 16-512 tokens ({real} tokens), layers.{mid}")
+    print(
+        f"  computed/real tokens: packed {stats['computed_tokens'] / stats['real_tokens']:.3f}, padded sorted "
+        f"{padded_tokens(lengths, sorted_batches) / real:.3f}, file order {padded_tokens(lengths, file_batches) / real:.3f}"
+    )
+    print(f"  {'method':<40} {'CPU s':>8} {'wall s':>8} {'CPU ratio vs packed':>20}")
+    for name in methods:
+        ratio = statistics.median(c / p for c, p in zip(cpu[name], cpu[ref], strict=True))
+        print(
+            f"  {name:<40} {statistics.median(cpu[name]):>8.2f} {statistics.median(wall[name]):>8.2f} "
+            f"{ratio:>19.2f}x"
+        )
+    if reader is None:
+        print("  nnsight: not installed (pip install nnsight) - its rows are skipped")
+
+
+_RSS_CHILD = """
+import resource, sys, tempfile
+sys.path.insert(0, {bench!r})
+import numpy as np, torch
+torch.set_num_threads(1)
+from _common import random_causal_lm
+from probes.collection import collect
+from probes.data.card import DatasetCard
+from probes.data.dataset import ContrastDataset
+from probes.data.types import Example
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained({stories!r})
+model = random_causal_lm("gpt2-small", vocab_size=512)
+words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far"]
+rng = np.random.default_rng(0)
+rows = [Example(id=f"r{{i}}", label=i % 2, text=" ".join(rng.choice(words, 18))) for i in range({n})]
+ds = ContrastDataset(rows, DatasetCard(name="rss", label_names=("a", "b")))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with tempfile.TemporaryDirectory() as d:
+    acts = collect(model, tok, ds, [6], "tokens", cache_dir=d, progress=False, max_tokens=4096)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, len(acts["layers.6"].values))
+"""
+
+
+def bench_rss(sizes: list[int]) -> None:
+    """Part 4: peak RSS growth (MiB) of a cached tokens-pooling collection, each size in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    stories = root.parent / "shared" / "models" / "stories260K"
+    print("\npooling='tokens' with a cache, gpt2-small shape (vocab 512), ~20-token rows: peak RSS growth")
+    for n in sizes:
+        code = _RSS_CHILD.format(bench=str(root / "bench"), stories=str(stories), n=n)
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        growth_kib, tokens = out.stdout.split()[-2:]
+        print(f"  {n:>6} rows ({tokens} tokens): {int(growth_kib) / 1024:>7.1f} MiB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one repeat and 16 mixed-length rows")
@@ -135,8 +266,20 @@ def main() -> None:
     parser.add_argument(
         "--mixed-rows", type=int, default=None, help="rows of the mixed-length set (default 32)"
     )
+    parser.add_argument("--mixed13-rows", type=int, default=None, help="rows of part 3 (default 200)")
+    parser.add_argument("--rss-rows", type=int, nargs="*", default=None, help="part 4 sizes (1000 .. 8000)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (issue 13 uses 1)")
+    parser.add_argument("--only13", action="store_true", help="run only parts 3 and 4")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
+    rows13 = args.mixed13_rows or (24 if args.quick else 200)
+    if args.only13:
+        for shape in ("gpt2-small", "smollm2-135m-like"):
+            bench_issue13(shape, rows13, repeats)
+        bench_rss(args.rss_rows or ([200, 400] if args.quick else [1000, 2000, 4000, 8000]))
+        return
     mixed_rows = args.mixed_rows or (16 if args.quick else 32)
 
     print(
@@ -172,6 +315,9 @@ def main() -> None:
             f"{name:<26} {seconds:>8.2f} {real / seconds:>11.0f} {computed:>16} "
             f"{(computed - real) / computed:>8.1%} {base / seconds:>7.2f}x"
         )
+    for shape in ("gpt2-small", "smollm2-135m-like"):
+        bench_issue13(shape, rows13, repeats)
+    bench_rss(args.rss_rows or ([200, 400] if args.quick else [1000, 2000, 4000, 8000]))
 
 
 if __name__ == "__main__":

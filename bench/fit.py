@@ -2,6 +2,7 @@
 
     python bench/fit.py            # 10k and 100k x 768, 24-layer sweep at 5k rows (~5 min on 2 idle cores)
     python bench/fit.py --quick    # 2k and 20k rows, sweep at 2k rows (~1 min)
+    python bench/fit.py --threads 1   # the issue-13 setting: LogisticProbe() default vs sklearn on 100k x 768
 
 The baseline is measured in the same run: ``StandardScaler`` + ``LogisticRegression(lbfgs, C=1,
 max_iter=1000)`` from scikit-learn. Ratios are baseline time / probe time (> 1 = faster than sklearn).
@@ -68,7 +69,8 @@ def pooled_rows(n: int, mlp_epochs: int) -> list[tuple[str, str, float, float, f
     auc_base = auroc(yte, base.decision_function(Xte))
     rows = [(f"{n // 1000}k x {D}", "sklearn LogisticRegression(lbfgs)", t_base, 1.0, auc_base, 0.0)]
     probes = {
-        "LogisticProbe (sklearn backend)": lambda: LogisticProbe(),
+        "LogisticProbe() (default backend='auto')": lambda: LogisticProbe(),
+        "LogisticProbe(backend='sklearn')": lambda: LogisticProbe(backend="sklearn"),
         "LogisticProbe(backend='torch')": lambda: LogisticProbe(backend="torch"),
         "DiffMeansProbe": lambda: DiffMeansProbe(),
         "DiffMeansProbe(lda=True)": lambda: DiffMeansProbe(lda=True),

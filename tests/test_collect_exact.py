@@ -46,7 +46,9 @@ def reference_hidden_states(model: nn.Module, input_ids: tuple[int, ...]) -> tup
     return tuple(h[0] for h in out.hidden_states)
 
 
-def check_equal_to_hidden_states(model: nn.Module, tokenizer, padding_side: str, batch_size: int = 3) -> None:
+def check_equal_to_hidden_states(
+    model: nn.Module, tokenizer, padding_side: str, batch_size: int = 3, packing: bool | str = "auto"
+) -> None:
     dataset = make_dataset()
     n_layers = num_layers(model)
     has_norm = final_norm_module(model) is not None
@@ -59,6 +61,7 @@ def check_equal_to_hidden_states(model: nn.Module, tokenizer, padding_side: str,
         "tokens",
         batch_size=batch_size,
         padding_side=padding_side,
+        packing=packing,
         progress=False,
     )
     last = collect(
@@ -69,6 +72,7 @@ def check_equal_to_hidden_states(model: nn.Module, tokenizer, padding_side: str,
         "last",
         batch_size=batch_size,
         padding_side=padding_side,
+        packing=packing,
         progress=False,
     )
     encoded = encode_dataset(dataset, tokenizer, max_length=512)
@@ -92,21 +96,32 @@ def check_equal_to_hidden_states(model: nn.Module, tokenizer, padding_side: str,
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_tiny_models_equal_hidden_states(arch: str, padding_side: str) -> None:
+    """Padded batches (packing off) on both sides."""
     model, tokenizer = build_tiny_model(arch)
-    check_equal_to_hidden_states(model, tokenizer, padding_side)
+    check_equal_to_hidden_states(model, tokenizer, padding_side, packing=False)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_tiny_models_packed_equal_hidden_states(arch: str) -> None:
+    """Packed sequences (packing=True raises if the self-check refuses): every test architecture packs."""
+    model, tokenizer = build_tiny_model(arch)
+    check_equal_to_hidden_states(model, tokenizer, "right", packing=True)
+    check_equal_to_hidden_states(model, tokenizer, "right", batch_size=7, packing=True)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_real_stories260k_equals_hidden_states(stories_path: Path, padding_side: str) -> None:
     model, tokenizer = load_model(stories_path, device="cpu")
-    check_equal_to_hidden_states(model, tokenizer, padding_side)
+    check_equal_to_hidden_states(model, tokenizer, padding_side, packing=False)
+    check_equal_to_hidden_states(model, tokenizer, padding_side, packing=True)
 
 
 @pytest.mark.slow  # measured among the slowest on 2 cores; CI runs it with -m slow
 @pytest.mark.parametrize("padding_side", ["left", "right"])
 def test_real_minilm_equals_hidden_states(minilm_path: Path, padding_side: str) -> None:
     model, tokenizer = load_model(minilm_path, device="cpu")
-    check_equal_to_hidden_states(model, tokenizer, padding_side)
+    check_equal_to_hidden_states(model, tokenizer, padding_side, packing=False)
+    check_equal_to_hidden_states(model, tokenizer, padding_side, packing=True)
 
 
 def test_last_layer_is_raw_residual_not_normed(stories_path: Path) -> None:
