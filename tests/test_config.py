@@ -211,3 +211,16 @@ def test_shipped_configs_load_and_document_themselves(path: Path, monkeypatch: p
     assert header.startswith("#") and "probes run training/" in header and "--set" in header
     assert yaml.safe_load(path.read_text())  # plain YAML, nothing executable
     assert cfg.data.control is not None, "every shipped run calibrates its threshold on a control set"
+
+
+def test_collection_keys_pooling_list_budget_packing_shards(tmp_path: Path) -> None:
+    text = MINIMAL + "pooling: [mean, last, tokens]\nmax_tokens: 4096\npacking: false\nshard_rows: 256\n"
+    cfg = load_config(_write(tmp_path, text))
+    assert cfg.pooling == ["mean", "last", "tokens"] and cfg.primary_pooling == "mean"
+    assert cfg.max_tokens == 4096 and cfg.packing is False and cfg.shard_rows == 256
+    defaults = load_config(_write(tmp_path, MINIMAL))
+    assert defaults.packing == "auto" and defaults.max_tokens is None and defaults.shard_rows is None
+    assert load_config(_write(tmp_path, MINIMAL + "pooling: [tokens]\n")).pooling == "tokens"
+    assert load_config(_write(tmp_path, MINIMAL), ["pooling=[last, mean]"]).primary_pooling == "last"
+    for bad in ("pooling: [mean, mean]", "pooling: []", "pooling: [max]", "max_tokens: 0"):
+        assert "run.yaml" in _one_error(tmp_path, MINIMAL + bad + "\n")

@@ -122,16 +122,19 @@ class RunConfig(Strict):
                 raise ValueError(f"{key}: read pooled activations; set pooling to 'last' or 'mean'")
         return self
 
-    @field_validator("pooling")
+    @field_validator("pooling", mode="before")
     @classmethod
     def _pooling(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("pooling list is empty; name at least one of last, mean, tokens")
-            if len(set(value)) != len(value):
-                raise ValueError(f"pooling {value} names a pooling twice")
-            return value[0] if len(value) == 1 else value
-        return value
+        # Parsed by hand so a bad value gives one message instead of one per union member.
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise ValueError("pooling list is empty; name at least one of last, mean, tokens")
+        for item in items:
+            if item not in ("last", "mean", "tokens"):
+                raise ValueError(f"pooling {item!r} is not one of last, mean, tokens")
+        if len(set(items)) != len(items):
+            raise ValueError(f"pooling {items} names a pooling twice")
+        return items[0] if len(items) == 1 else items
 
     @property
     def primary_pooling(self) -> str:
