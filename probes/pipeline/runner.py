@@ -139,7 +139,7 @@ def run(config: RunConfig, *, reporter: Reporter | None = None) -> RunResult:
             {"test_auroc": test_report.auroc, "probe_params": params},
         )
         if prep.control_ds is not None:
-            bundle_dir = extra.add_to_bundle(bundle_dir, prep.control_ds.name, config.pooling)
+            bundle_dir = extra.add_to_bundle(bundle_dir, prep.control_ds.name, config.primary_pooling)
         if ev.plots:
             plots = run_dir / "plots"
             plots.mkdir()
