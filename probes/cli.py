@@ -128,6 +128,21 @@ def _show(renderable: Any) -> None:
         Console(file=out.file, highlight=False, width=max(out.width, 140)).print(renderable)
 
 
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        metavar="local|ray",
+        help="Where forward passes run (same as --set engine.kind=...); the rest of engine: comes from CONFIG.",
+        show_default=False,
+    ),
+]
+
+
+def _with_engine(overrides: list[str] | None, engine: str | None) -> list[str]:
+    return [*(overrides or []), *([f"engine.kind={engine}"] if engine is not None else [])]
+
+
 SetOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -188,6 +203,7 @@ def run(
         bool, typer.Option("--no-track", help="Do not log to MLflow (same as --set tracking.enabled=false).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON on stdout.")] = False,
+    engine: EngineOption = None,
 ) -> None:
     """Run a whole experiment from a YAML config and print the result table.
 
@@ -195,7 +211,7 @@ def run(
     eval and control sets → write report.json, plots and the probe bundle to
     OUTPUT_DIR/NAME-TIMESTAMP/ → log everything to MLflow.
     """
-    overrides = list(set_ or [])
+    overrides = _with_engine(set_, engine)
     if no_track:
         overrides.append("tracking.enabled=false")
     with _errors():
@@ -226,13 +242,14 @@ def _show_tracking(tracking: Any) -> None:
 
 
 @app.command()
-def collect(config: ConfigArg, set_: SetOption = None) -> None:
+def collect(config: ConfigArg, set_: SetOption = None, engine: EngineOption = None) -> None:
     """Collect and cache the activations of every dataset in CONFIG, without training.
 
-    A later `probes run` / `probes train` with the same model, layers, pooling and data reads the cache.
+    A later `probes run` / `probes train` with the same model, layers, pooling and data reads the cache,
+    whichever engine (local or ray) wrote it.
     """
     with _errors():
-        cfg = _load(config, set_)
+        cfg = _load(config, _with_engine(set_, engine))
         from probes.pipeline import collect_stage
 
         summary = collect_stage(cfg, reporter=_Reporter(err))
@@ -245,14 +262,14 @@ def collect(config: ConfigArg, set_: SetOption = None) -> None:
 
 
 @app.command()
-def train(config: ConfigArg, set_: SetOption = None) -> None:
+def train(config: ConfigArg, set_: SetOption = None, engine: EngineOption = None) -> None:
     """Train and save a probe bundle, without the test-set evaluation.
 
     Collect → layer sweep → choose the layer on validation → save the bundle, with thresholds calibrated on
     the control set when CONFIG has one. Use `probes run` for the full evaluation.
     """
     with _errors():
-        cfg = _load(config, set_)
+        cfg = _load(config, _with_engine(set_, engine))
         from probes.pipeline import train_stage
 
         result = train_stage(cfg, reporter=_Reporter(err))

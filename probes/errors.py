@@ -47,6 +47,10 @@ class CollectionError(ProbesError, RuntimeError):
     the dataset row ids and the site, so the rows (or the model's dtype) can be fixed."""
 
 
+class EngineError(ProbesError):
+    """The Ray engine cannot run: Ray missing, a cluster unreachable or too small, or a worker failed."""
+
+
 class TrackingError(ProbesError):
     """MLflow tracking failed and the run was configured to fail rather than continue untracked."""
 

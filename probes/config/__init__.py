@@ -11,6 +11,7 @@ Constructing a config has no side effects: nothing is created, downloaded or imp
 """
 
 from probes.config.data import DataConfig, DatasetSpec, FieldMapping, SplitConfig
+from probes.config.engine import EngineConfig
 from probes.config.evaluation import EvaluationConfig, TrackingConfig
 from probes.config.loading import apply_overrides, config_from_dict, load_config
 from probes.config.model import ModelConfig, resolve_model_path
@@ -22,6 +23,7 @@ __all__ = [
     "DataConfig",
     "DetectorConfig",
     "DatasetSpec",
+    "EngineConfig",
     "FieldMapping",
     "EvaluationConfig",
     "LayerRange",

@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr, ValidationError, model_validator
 
 from probes.config.base import Strict
 from probes.config.data import DatasetSpec
+from probes.config.engine import EngineConfig
 from probes.config.model import ModelConfig
 from probes.errors import ConfigError
 
@@ -62,6 +63,7 @@ class GenerateConfig(Strict):
         None, description="null: the tokenizer's template if it has one, else the plain fallback."
     )
     overwrite: bool = Field(False, description="Replace an existing output folder.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     _source: str | None = PrivateAttr(default=None)
     _overrides: tuple[str, ...] = PrivateAttr(default=())

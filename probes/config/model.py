@@ -29,6 +29,10 @@ class ModelConfig(Strict):
     layers_attr: str | None = Field(
         None, description="Dotted path of the block list for unknown architectures."
     )
+    device_map: Literal["auto"] | None = Field(
+        None,
+        description="'auto': accelerate spreads the model over every visible GPU (then CPU); device is ignored.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from probes.config.base import Strict
 from probes.config.data import DataConfig
+from probes.config.engine import EngineConfig
 from probes.config.evaluation import EvaluationConfig, TrackingConfig
 from probes.config.model import ModelConfig
 from probes.config.probe import LayerItem, LayerRange, ProbeConfig
@@ -59,6 +60,7 @@ class RunConfig(Strict):
     cache_dir: str | None = Field(
         ".cache/probes", description="Activation cache folder; null disables caching."
     )
+    engine: EngineConfig = Field(default_factory=EngineConfig)
     output_dir: str = Field("runs", description="Run outputs go to <output_dir>/<name>-<timestamp>/.")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     detectors: list[DetectorConfig] = Field(
@@ -140,6 +142,12 @@ class RunConfig(Strict):
     def primary_pooling(self) -> str:
         """The pooling probes train on: ``pooling``, or the first of a list."""
         return self.pooling if isinstance(self.pooling, str) else self.pooling[0]
+
+    @model_validator(mode="after")
+    def _ray_needs_cache(self) -> RunConfig:
+        if self.engine.kind == "ray" and self.cache_dir is None:
+            raise ValueError("engine.kind=ray writes through the activation cache: set cache_dir")
+        return self
 
     @property
     def source(self) -> str | None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -28,6 +29,15 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a config value (repeatable)."),
         ] = None,
+        engine: Annotated[
+            str | None,
+            typer.Option(
+                "--engine",
+                metavar="local|ray",
+                help="Where generation runs (same as --set engine.kind=...); the rest of engine: from CONFIG.",
+                show_default=False,
+            ),
+        ] = None,
     ) -> None:
         from rich.console import Console
 
@@ -37,7 +47,8 @@ def register(app: typer.Typer) -> None:
         with exit_on_errors():
             from probes.config.generate import load_generate_config
 
-            cfg = load_generate_config(config, list(set_ or []))
+            overrides = [*(set_ or []), *([f"engine.kind={engine}"] if engine is not None else [])]
+            cfg = load_generate_config(config, overrides)
             out = run_generate(cfg, err)
             err.print(f"[green]✓[/] wrote {out}", soft_wrap=True)
             typer.echo(str(out))
@@ -59,6 +70,7 @@ def run_generate(cfg, console) -> Path:
         device=cfg.model.device,
         revision=cfg.model.revision,
         layers_attr=cfg.model.layers_attr,
+        **({"device_map": cfg.model.device_map} if cfg.model.device_map else {}),
     )
     console.print(
         f"[green]✓[/] model {cfg.model.name_or_path} ({time.perf_counter() - start:.1f}s); "
@@ -66,20 +78,36 @@ def run_generate(cfg, console) -> Path:
         soft_wrap=True,
     )
     sampling = SamplingSettings(**cfg.sampling.model_dump())
-    result = generate_dataset(
-        model,
-        tokenizer,
-        dataset,
-        cfg.output,
-        sampling=sampling,
-        batch_size=cfg.batch_size,
-        max_prompt_tokens=cfg.max_prompt_tokens,
-        chat_template=cfg.chat_template,
-        use_chat_template=cfg.use_chat_template,
-        name=cfg.dataset_name,
-        overwrite=cfg.overwrite,
-    )
+    with _engine(cfg) as engine:
+        result = generate_dataset(
+            model,
+            tokenizer,
+            dataset,
+            cfg.output,
+            sampling=sampling,
+            batch_size=cfg.batch_size,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+            chat_template=cfg.chat_template,
+            use_chat_template=cfg.use_chat_template,
+            name=cfg.dataset_name,
+            overwrite=cfg.overwrite,
+            engine=engine,
+        )
     return Path(str(result.source))
+
+
+def _engine(cfg: Any) -> AbstractContextManager[Any]:
+    """The Ray pool of ``cfg.engine`` (workers load ``cfg.model`` themselves), or ``None`` for this process."""
+    if cfg.engine.kind != "ray":
+        return nullcontext(None)
+    from probes.collection.ray_engine import ModelSource, RayEngine
+    from probes.models.packages import resolve_package
+
+    m = cfg.model
+    source = ModelSource(
+        resolve_package(m.name_or_path), m.dtype, m.device, m.revision, m.layers_attr, m.device_map
+    )
+    return RayEngine(source, cfg.engine)
 
 
 def validate_generate_config(path: Path, overrides: list[str]) -> list[str]:

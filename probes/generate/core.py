@@ -34,7 +34,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -217,6 +217,7 @@ def generate_dataset(
     name: str | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    engine: Any = None,
 ) -> ContrastDataset:
     """Answer every row's prompt with the model's own replies; write and return the new dataset.
 
@@ -228,12 +229,12 @@ def generate_dataset(
         batch_size: prompts per ``generate`` call; with the seed it fixes the sampled tokens.
         max_prompt_tokens: a longer prompt is an error naming the row (never silently cut).
         name: the new dataset's name (default: the output folder's name).
+        engine: a connected :class:`probes.collection.ray_engine.RayEngine` to run the batches on its workers
+            (same batches, same seeds, the same replies); ``None`` runs them here.
 
     An interrupted call resumes from ``.<output>.partial/`` when called again with the same model, data and
     settings (other settings are refused: delete that folder or use the same ones).
     """
-    import torch
-
     from probes.models.fingerprint import model_fingerprint
 
     sampling = sampling or SamplingSettings()
@@ -313,51 +314,32 @@ def generate_dataset(
 
     n = sampling.n
     eos_ids = _eos_ids(model, tokenizer)
-    device = next(model.parameters()).device
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(encoded), desc="generating", unit="prompt")
         bar.update(sum(all(_key(ex.id, k) in done for k in range(n)) for ex in examples))
-    gen_kwargs = sampling.generate_kwargs()
+    todo = [
+        (b_index, batch)
+        for b_index, batch in enumerate(batches)
+        if not all(_key(examples[i].id, k) in done for i in batch for k in range(n))
+    ]
+
+    def finished() -> Iterator[tuple[list[int], list[tuple[list[int], str]]]]:
+        if engine is not None:  # a Ray pool: batches finish in any order, each exactly as it would here
+            yield from engine.generate_batches(model, todo, encoded, sampling, pad_id, eos_ids)
+            return
+        for b_index, batch in todo:
+            prompts_ids = [encoded[i] for i in batch]
+            yield batch, generate_batch(model, prompts_ids, b_index, sampling, pad_id, eos_ids)
+
     try:
-        for b_index, batch in enumerate(batches):
-            if all(_key(examples[i].id, k) in done for i in batch for k in range(n)):
-                continue
-            width = max(len(encoded[i]) for i in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):  # left padding: every prompt ends where generation starts
-                ids = encoded[i]
-                input_ids[r, width - len(ids) :] = torch.tensor(ids)
-                attention[r, width - len(ids) :] = 1
-            torch.manual_seed(_batch_seed(sampling.seed, b_index))
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention.to(device),
-                    pad_token_id=pad_id,
-                    eos_token_id=eos_ids,
-                    **gen_kwargs,
-                )
-            if out.shape[0] != len(batch) * n or not torch.equal(
-                out[:, :width].cpu(), input_ids.repeat_interleave(n, 0)
-            ):
-                raise RuntimeError(
-                    "model.generate returned sequences that do not start with the prompts it was given "
-                    f"(shape {tuple(out.shape)} for {len(batch)} prompts x {n}); refusing to guess."
-                )
-            new = out[:, width:].cpu()
+        for batch, outs in finished():
             rows = []
             for r, i in enumerate(batch):
                 for k in range(n):
-                    tokens = new[r * n + k].tolist()
-                    stopped = "max_new_tokens"
-                    for j, t in enumerate(tokens):
-                        if t in eos_ids:
-                            tokens, stopped = tokens[:j], "eos"
-                            break
+                    tokens, stopped = outs[r * n + k]
                     text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                     rows.append(
                         {
@@ -380,6 +362,56 @@ def generate_dataset(
     return _finish(
         examples, prompts, done, dataset, output, partial, settings, n=n, name=name, overwrite=overwrite
     )
+
+
+def generate_batch(
+    model: Any,
+    prompts: list[list[int]],
+    b_index: int,
+    sampling: SamplingSettings,
+    pad_id: int,
+    eos_ids: list[int],
+) -> list[tuple[list[int], str]]:
+    """Sample ``sampling.n`` replies to each prompt of batch ``b_index`` (seeded by the batch): per reply, in
+    order row by row, its new token ids (cut at the first EOS) and why it stopped (``eos``/``max_new_tokens``).
+
+    What the local job and every Ray worker run, so a batch gives the same tokens wherever it runs.
+    """
+    import torch
+
+    n = sampling.n
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for r, ids in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        input_ids[r, width - len(ids) :] = torch.tensor(ids)
+        attention[r, width - len(ids) :] = 1
+    device = next(model.parameters()).device
+    torch.manual_seed(_batch_seed(sampling.seed, b_index))
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention.to(device),
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+            **sampling.generate_kwargs(),
+        )
+    if out.shape[0] != len(prompts) * n or not torch.equal(
+        out[:, :width].cpu(), input_ids.repeat_interleave(n, 0)
+    ):
+        raise RuntimeError(
+            "model.generate returned sequences that do not start with the prompts it was given "
+            f"(shape {tuple(out.shape)} for {len(prompts)} prompts x {n}); refusing to guess."
+        )
+    replies: list[tuple[list[int], str]] = []
+    for tokens in out[:, width:].cpu().tolist():
+        stopped = "max_new_tokens"
+        for j, t in enumerate(tokens):
+            if t in eos_ids:
+                tokens, stopped = tokens[:j], "eos"
+                break
+        replies.append((tokens, stopped))
+    return replies
 
 
 def _key(row_id: str, sample: int) -> str:

@@ -7,6 +7,7 @@ model and activations; the train/val/test activations are row subsets of one col
 from __future__ import annotations
 
 import dataclasses
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,12 +239,14 @@ def _load_model(config: RunConfig, device: str | None = None) -> tuple[Any, Any]
     from probes.models import load_model
 
     m = config.model
+    kwargs: dict[str, Any] = {"device_map": m.device_map} if m.device_map else {}
     return load_model(
         resolve_model_path(m.name_or_path),
         dtype=m.dtype,
         device=device or m.device,
         revision=m.revision,
         layers_attr=m.layers_attr,
+        **kwargs,
     )
 
 
@@ -251,11 +254,46 @@ def _poolings(config: RunConfig) -> list[str]:
     return [config.pooling] if isinstance(config.pooling, str) else list(config.pooling)
 
 
+def _engine(config: RunConfig) -> AbstractContextManager[Any]:
+    """The Ray collector of ``config.engine`` (one session and actor pool for the run), or ``None`` (local)."""
+    if config.engine.kind != "ray":
+        return nullcontext(None)
+    from probes.collection.ray_engine import ModelSource, RayEngine
+
+    m = config.model
+    source = ModelSource(
+        resolve_model_path(m.name_or_path), m.dtype, m.device, m.revision, m.layers_attr, m.device_map
+    )
+    return RayEngine(source, config.engine)
+
+
 def _collect(
-    prep_model: Any, tokenizer: Any, ds: ContrastDataset, sites: list[str], config: RunConfig
+    prep_model: Any,
+    tokenizer: Any,
+    ds: ContrastDataset,
+    sites: list[str],
+    config: RunConfig,
+    engine: Any = None,
 ) -> Activations:
+    """Collect ``ds`` (cached); with a Ray ``engine`` the workers fill the cache entry and this reads it."""
     from probes.collection import collect
 
+    if engine is not None:
+        engine.fill(
+            prep_model,
+            tokenizer,
+            ds,
+            sites,
+            config.pooling,
+            cache_dir=config.cache_dir,
+            batch_size=config.batch_size,
+            max_tokens=config.max_tokens,
+            packing=config.packing,
+            max_length=config.data.max_length,
+            max_chars=config.data.max_chars,
+            chat_template=config.data.chat_template,
+            layers_attr=config.model.layers_attr,
+        )
     return collect(
         prep_model,
         tokenizer,
@@ -276,6 +314,12 @@ def _collect(
 
 
 def _prepare(config: RunConfig, reporter: Reporter) -> _Prepared:
+    # The Ray session comes first: an unreachable cluster fails in seconds, before any data or model is read.
+    with _engine(config) as engine:
+        return _prepare_with(config, reporter, engine)
+
+
+def _prepare_with(config: RunConfig, reporter: Reporter, engine: Any) -> _Prepared:
     from probes.models import model_fingerprint, num_layers
 
     timings: dict[str, float] = {}
@@ -318,7 +362,7 @@ def _prepare(config: RunConfig, reporter: Reporter) -> _Prepared:
     ):
         for key, ds in to_collect:
             reporter.info(f"  {key}: {ds.name} ({len(ds)} rows)")
-            a = _collect(model, tokenizer, ds, sites, config)
+            a = _collect(model, tokenizer, ds, sites, config, engine)
             acts[key] = a
             first = a.features[sites[0]]
             collected.append(
