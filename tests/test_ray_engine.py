@@ -32,6 +32,9 @@ from probes.data.dataset import ContrastDataset
 from probes.data.types import Example, Target
 from probes.errors import EngineError
 
+# Slow: starting a Ray cluster and its actors takes most of two minutes on two cores; .ci/run runs these.
+pytestmark = pytest.mark.slow
+
 WORDS = [
     "once",
     "upon",
