@@ -132,6 +132,7 @@ def residuals(
         run_rows,
         tokenizer_pad_id,
     )
+    from probes.collection.pooling import feature_key
     from probes.data.types import Encoded
     from probes.models.sites import num_layers, parse_sites
 
@@ -148,7 +149,9 @@ def residuals(
     out: list[torch.Tensor | None] = [None] * len(texts)
 
     def on_batch(rows: torch.Tensor, features: dict[str, torch.Tensor], counts: torch.Tensor) -> None:
-        stacked = torch.stack([features[s.name] for s in sites])  # (n_layers, tokens of the batch, d)
+        stacked = torch.stack(
+            [features[feature_key(s.name, "tokens")] for s in sites]
+        )  # (n_layers, tokens of the batch, d)
         start = 0
         for row, count in zip(rows.tolist(), counts.tolist(), strict=True):
             out[row] = stacked[:, start : start + count]
@@ -163,7 +166,7 @@ def residuals(
             encoded,
             np.arange(len(encoded)),
             sites,
-            "tokens",
+            ["tokens"],
             batch_size=batch_size,
             pad_id=tokenizer_pad_id(tokenizer),
             padding_side=resolve_padding_side(None, tokenizer),
