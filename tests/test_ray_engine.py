@@ -77,6 +77,22 @@ def mixed_dataset(n: int, seed: int = 0) -> ContrastDataset:
     return ContrastDataset(rows, DatasetCard(name="ray-tests", label_names=("neg", "pos")))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Workers run ``cpus_per_worker`` (1) torch threads; the local runs compared with them must too. A CPU
+    matmul's summation order depends on the thread count, so bit identity holds between runs with the same
+    threads (the README says so), not between a 1-thread worker and a 2-thread driver."""
+    before, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # the CLI subprocesses of the local runs
+    yield
+    torch.set_num_threads(before)
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     _require_package("ray", "pip install -e '.[ray]'")
