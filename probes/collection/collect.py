@@ -27,6 +27,7 @@ key in :mod:`probes.collection.spec`, the shard format in :mod:`probes.collectio
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,7 +50,7 @@ from probes.collection.pooling import (
 from probes.collection.spec import collection_spec
 from probes.data.types import Encoded
 from probes.errors import DatasetError
-from probes.models.sites import block_list, parse_sites
+from probes.models.sites import Site, block_list, parse_sites
 
 if TYPE_CHECKING:  # pragma: no cover
     from probes.data.dataset import ContrastDataset
@@ -154,6 +155,85 @@ def _from_mapped(
 # ---------------------------------------------------------------------------------------------------------
 # The public entry point
 # ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CollectionPlan:
+    """What a collection computes, decided before any forward pass, exactly as :func:`probes.collect` does."""
+
+    layers_attr: str | None
+    sites: list[Site]
+    poolings: list[str]  # as stored: sorted, so the entry is the same whichever pooling a caller lists first
+    out_dtype: torch.dtype
+    encoded: list[Encoded]
+    ids: list[str]
+    spec: dict[str, Any]
+    counts: list[int]  # target tokens per row (validate_rows)
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.sites]
+
+    @property
+    def keys(self) -> list[str]:
+        return [feature_key(s, p) for s in self.site_names for p in self.poolings]
+
+    def open_cache(self, cache_dir: str | Path) -> ActivationCache:
+        return ActivationCache.open(
+            cache_dir,
+            self.spec["cache_key"],
+            spec=self.spec,
+            n_rows=len(self.encoded),
+            sites=self.site_names,
+            poolings=self.poolings,
+            dtype=dtype_name(self.out_dtype),
+        )
+
+
+def plan_collection(
+    model: nn.Module,
+    tokenizer: Any,
+    dataset: ContrastDataset,
+    layers: Sequence[str | int] | str | int,
+    pooling: Pooling | Sequence[Pooling],
+    *,
+    max_length: int,
+    max_chars: int | None,
+    chat_template: str | None,
+    layers_attr: str | None,
+    dtype: str | torch.dtype | None,
+) -> CollectionPlan:
+    """Encoding, row checks, spec and cache key of a collection: the steps :func:`probes.collect` takes."""
+    from probes.data.render import encode_dataset
+
+    poolings = parse_poolings(pooling)
+    layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
+    sites = parse_sites(layers, len(block_list(model, layers_attr)))  # type: ignore[arg-type]
+    out_dtype = storage_dtype(dtype)
+    encoded = list(
+        encode_dataset(
+            dataset, tokenizer, max_length=max_length, max_chars=max_chars, chat_template=chat_template
+        )
+    )
+    ids = list(dataset.ids)
+    counts = validate_rows(encoded, poolings, ids)
+    for i, row in enumerate(encoded):
+        if len(row) > max_length:
+            raise DatasetError(
+                f"row {ids[i]!r}: encoded to {len(row)} tokens, more than max_length={max_length}."
+            )
+    spec = collection_spec(
+        model,
+        dataset,
+        encoded,
+        sites=[s.name for s in sites],
+        poolings=poolings,
+        max_length=max_length,
+        out_dtype=out_dtype,
+        chat_template=chat_template,
+        layers_attr=layers_attr,
+    )
+    return CollectionPlan(layers_attr, sites, sorted(poolings), out_dtype, encoded, ids, spec, counts)
+
+
 def collect(
     model: nn.Module,
     tokenizer: Any,
@@ -213,38 +293,22 @@ def collect(
         :class:`Activations` in dataset order with labels, ids, groups and ``spec`` (model fingerprint,
         sites, poolings, max_length, dtype, dataset fingerprint, cache key).
     """
-    from probes.data.render import encode_dataset
-
     poolings = parse_poolings(pooling)
     _check_batching(batch_size, max_tokens, shard_rows)
-    layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
-    n_layers = len(block_list(model, layers_attr))
-    sites = parse_sites(layers, n_layers)  # type: ignore[arg-type]
-    site_names = [s.name for s in sites]
-    out_dtype = storage_dtype(dtype)
-
-    encoded = encode_dataset(
-        dataset, tokenizer, max_length=max_length, max_chars=max_chars, chat_template=chat_template
-    )
-    ids = list(dataset.ids)
-    counts = validate_rows(encoded, poolings, ids)
-    for i, row in enumerate(encoded):
-        if len(row) > max_length:
-            raise DatasetError(
-                f"row {ids[i]!r}: encoded to {len(row)} tokens, more than max_length={max_length}."
-            )
-
-    spec = collection_spec(
+    plan = plan_collection(
         model,
+        tokenizer,
         dataset,
-        encoded,
-        sites=site_names,
-        poolings=poolings,
+        layers,
+        pooling,
         max_length=max_length,
-        out_dtype=out_dtype,
+        max_chars=max_chars,
         chat_template=chat_template,
         layers_attr=layers_attr,
+        dtype=dtype,
     )
+    layers_attr, sites, site_names, out_dtype = plan.layers_attr, plan.sites, plan.site_names, plan.out_dtype
+    encoded, ids, counts, spec = plan.encoded, plan.ids, plan.counts, plan.spec
     engine = dict(
         batch_size=batch_size,
         max_tokens=max_tokens,

@@ -43,21 +43,17 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from probes.collection.cache import ActivationCache, ShardBuffer
+from probes.collection.cache import ShardBuffer
+from probes.collection.collect import CollectionPlan, plan_collection
 from probes.collection.engine import plan_batches, resolve_padding_side, tokenizer_pad_id
 from probes.collection.pooling import (
     Pooling,
-    dtype_name,
-    feature_key,
-    parse_poolings,
     storage_dtype,
-    validate_rows,
 )
-from probes.collection.spec import collection_spec
 from probes.config.engine import EngineConfig
 from probes.data.types import Encoded
-from probes.errors import DatasetError, EngineError
-from probes.models.sites import Site, block_list, parse_sites
+from probes.errors import EngineError
+from probes.models.sites import block_list, parse_sites
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -114,84 +110,6 @@ class Block:
     index: int
     rows: np.ndarray
     tokens: int
-
-
-@dataclass(frozen=True)
-class CollectionPlan:
-    """What a collection computes, decided before any forward pass, exactly as :func:`probes.collect` does."""
-
-    layers_attr: str | None
-    sites: list[Site]
-    poolings: list[str]  # as stored: sorted, so the entry is the same whichever pooling a caller lists first
-    out_dtype: torch.dtype
-    encoded: list[Encoded]
-    ids: list[str]
-    spec: dict[str, Any]
-
-    @property
-    def site_names(self) -> list[str]:
-        return [s.name for s in self.sites]
-
-    @property
-    def keys(self) -> list[str]:
-        return [feature_key(s, p) for s in self.site_names for p in self.poolings]
-
-    def open_cache(self, cache_dir: str | Path) -> ActivationCache:
-        return ActivationCache.open(
-            cache_dir,
-            self.spec["cache_key"],
-            spec=self.spec,
-            n_rows=len(self.encoded),
-            sites=self.site_names,
-            poolings=self.poolings,
-            dtype=dtype_name(self.out_dtype),
-        )
-
-
-def plan_collection(
-    model: nn.Module,
-    tokenizer: Any,
-    dataset: ContrastDataset,
-    layers: Sequence[str | int] | str | int,
-    pooling: Pooling | Sequence[Pooling],
-    *,
-    max_length: int,
-    max_chars: int | None,
-    chat_template: str | None,
-    layers_attr: str | None,
-    dtype: str | torch.dtype | None,
-) -> CollectionPlan:
-    """Encoding, row checks, spec and cache key of a collection: the steps :func:`probes.collect` takes."""
-    from probes.data.render import encode_dataset
-
-    poolings = parse_poolings(pooling)
-    layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
-    sites = parse_sites(layers, len(block_list(model, layers_attr)))  # type: ignore[arg-type]
-    out_dtype = storage_dtype(dtype)
-    encoded = list(
-        encode_dataset(
-            dataset, tokenizer, max_length=max_length, max_chars=max_chars, chat_template=chat_template
-        )
-    )
-    ids = list(dataset.ids)
-    validate_rows(encoded, poolings, ids)
-    for i, row in enumerate(encoded):
-        if len(row) > max_length:
-            raise DatasetError(
-                f"row {ids[i]!r}: encoded to {len(row)} tokens, more than max_length={max_length}."
-            )
-    spec = collection_spec(
-        model,
-        dataset,
-        encoded,
-        sites=[s.name for s in sites],
-        poolings=poolings,
-        max_length=max_length,
-        out_dtype=out_dtype,
-        chat_template=chat_template,
-        layers_attr=layers_attr,
-    )
-    return CollectionPlan(layers_attr, sites, sorted(poolings), out_dtype, encoded, ids, spec)
 
 
 def _engine_plan(
