@@ -15,11 +15,12 @@ Part 3 (issue 13) -- a mixed-length set (--mixed13-rows, default 200, log-unifor
 shapes, one torch thread, process CPU time beside wall, every ratio from one run: probes collect (packed,
 token budget) vs output_hidden_states in file order, vs nnsight in file order and on the same length-sorted
 batches (if installed), vs probes' own padded batches; computed/real tokens; mean+last+tokens from one call
-vs one pooling. Part 4 -- peak RSS growth of pooling="tokens" with a cache, 1k -> 8k rows of ~20 tokens
-(--rss-rows), each size in a fresh subprocess.
+vs one pooling. Part 4 -- peak RSS growth of pooling="tokens" (layers.2 of the gpt2-small shape) with a
+cache, 1k -> 8k rows of ~20 tokens (--rss-rows), each size in a fresh subprocess.
 
     python bench/collect.py --threads 1                       # full run (the lead's)
     python bench/collect.py --quick --threads 1               # smoke run: 24 rows, RSS at 200/400 rows
+    python bench/collect.py --only13 --threads 1 --shape gpt2-small --no-rss   # one shape of part 3
 
 Repeats are interleaved across methods (method A, B, C, then again) and the median is reported, so drifting
 load from other processes hits every method alike. Ratios are the point; absolute tokens/s depend on the box.
@@ -144,8 +145,11 @@ def _cpu_wall(fn: Callable[[], object]) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - start
 
 
-def bench_issue13(shape: str, n_rows: int, repeats: int) -> None:
-    """Part 3: every method on one mixed-length set, interleaved repeats, medians of per-round ratios."""
+def bench_issue13(shape: str, n_rows: int, repeats: int, hidden_states_once: bool = False) -> None:
+    """Part 3: every method on one mixed-length set, interleaved repeats, medians of per-round ratios.
+
+    ``hidden_states_once``: time the (slowest, no-target) output_hidden_states baseline in the first round only.
+    """
     model = random_causal_lm(shape)
     mid = len(block_list(model)) // 2
     rng = np.random.default_rng(0)
@@ -193,21 +197,25 @@ def bench_issue13(shape: str, n_rows: int, repeats: int) -> None:
         methods["nnsight .stop(), same sorted batches"] = lambda: [reader(i, m) for i, m in inputs_sorted]
     cpu: dict[str, list[float]] = {k: [] for k in methods}
     wall: dict[str, list[float]] = {k: [] for k in methods}
+    once = {"output_hidden_states, file order"} if hidden_states_once else set()
     with torch.inference_mode():
-        for _ in range(repeats):
+        for round_ in range(repeats):
             for name, fn in methods.items():
+                if round_ and name in once:
+                    continue
                 c, w = _cpu_wall(fn)
                 cpu[name].append(c)
                 wall[name].append(w)
     ref = "probes collect (packed, max_tokens)"
-    print(f"\n{shape}: {n_rows} rows, log-uniform 16-512 tokens ({real} tokens), layers.{mid}")
+    print(f"\n{shape}: {n_rows} rows, {repeats} round(s){' (hidden states: round 1 only)' if once else ''}")
+    print(f"  {n_rows} rows, log-uniform 16-512 tokens ({real} tokens), layers.{mid}")
     print(
         f"  computed/real tokens: packed {stats['computed_tokens'] / stats['real_tokens']:.3f}, padded sorted "
         f"{padded_tokens(lengths, sorted_batches) / real:.3f}, file order {padded_tokens(lengths, file_batches) / real:.3f}"
     )
     print(f"  {'method':<40} {'CPU s':>8} {'wall s':>8} {'CPU ratio vs packed':>20}")
     for name in methods:
-        ratio = statistics.median(c / p for c, p in zip(cpu[name], cpu[ref], strict=True))
+        ratio = statistics.median(c / p for c, p in zip(cpu[name], cpu[ref], strict=False))
         print(
             f"  {name:<40} {statistics.median(cpu[name]):>8.2f} {statistics.median(wall[name]):>8.2f} "
             f"{ratio:>19.2f}x"
@@ -239,8 +247,8 @@ def status(key):
 before = status("VmRSS")
 open("/proc/self/clear_refs", "w").write("5")  # resets the peak (VmHWM) to the current RSS
 with tempfile.TemporaryDirectory() as d:
-    acts = collect(model, tok, ds, [6], "tokens", cache_dir=d, progress=False, max_tokens=4096)
-    print(status("VmHWM") - before, len(acts["layers.6"].values))
+    acts = collect(model, tok, ds, [2], "tokens", cache_dir=d, progress=False, max_tokens=4096)
+    print(status("VmHWM") - before, len(acts["layers.2"].values))
 """
 
 
@@ -274,15 +282,23 @@ def main() -> None:
     parser.add_argument("--rss-rows", type=int, nargs="*", default=None, help="part 4 sizes (1000 .. 8000)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (issue 13 uses 1)")
     parser.add_argument("--only13", action="store_true", help="run only parts 3 and 4")
+    parser.add_argument(
+        "--shape", choices=("gpt2-small", "smollm2-135m-like"), default=None, help="part 3 on one shape only"
+    )
+    parser.add_argument("--no-rss", action="store_true", help="skip part 4")
+    parser.add_argument(
+        "--hidden-states-once", action="store_true", help="part 3: time output_hidden_states in round 1 only"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (1 if args.quick else 3)
     rows13 = args.mixed13_rows or (24 if args.quick else 200)
     if args.only13:
-        for shape in ("gpt2-small", "smollm2-135m-like"):
-            bench_issue13(shape, rows13, repeats)
-        bench_rss(args.rss_rows or ([200, 400] if args.quick else [1000, 2000, 4000, 8000]))
+        for shape in [args.shape] if args.shape else ["gpt2-small", "smollm2-135m-like"]:
+            bench_issue13(shape, rows13, repeats, args.hidden_states_once)
+        if not args.no_rss:
+            bench_rss(args.rss_rows or ([200, 400] if args.quick else [1000, 2000, 4000, 8000]))
         return
     mixed_rows = args.mixed_rows or (16 if args.quick else 32)
 

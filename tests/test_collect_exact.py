@@ -47,7 +47,12 @@ def reference_hidden_states(model: nn.Module, input_ids: tuple[int, ...]) -> tup
 
 
 def check_equal_to_hidden_states(
-    model: nn.Module, tokenizer, padding_side: str, batch_size: int = 3, packing: bool | str = "auto"
+    model: nn.Module,
+    tokenizer,
+    padding_side: str,
+    batch_size: int = 3,
+    packing: bool | str = "auto",
+    max_tokens: int | None = None,
 ) -> None:
     dataset = make_dataset()
     n_layers = num_layers(model)
@@ -60,6 +65,7 @@ def check_equal_to_hidden_states(
         sites,
         "tokens",
         batch_size=batch_size,
+        max_tokens=max_tokens,
         padding_side=padding_side,
         packing=packing,
         progress=False,
@@ -71,6 +77,7 @@ def check_equal_to_hidden_states(
         sites,
         "last",
         batch_size=batch_size,
+        max_tokens=max_tokens,
         padding_side=padding_side,
         packing=packing,
         progress=False,
@@ -107,6 +114,9 @@ def test_tiny_models_packed_equal_hidden_states(arch: str) -> None:
     model, tokenizer = build_tiny_model(arch)
     check_equal_to_hidden_states(model, tokenizer, "right", packing=True)
     check_equal_to_hidden_states(model, tokenizer, "right", batch_size=7, packing=True)
+    # Token budgets: long rows first, their gaps filled with the shortest rows (one and two sequences a batch).
+    check_equal_to_hidden_states(model, tokenizer, "right", packing=True, max_tokens=64)
+    check_equal_to_hidden_states(model, tokenizer, "right", packing=True, max_tokens=128)
 
 
 @pytest.mark.parametrize("padding_side", ["left", "right"])

@@ -137,8 +137,9 @@ def test_blocks_are_whole_batches_of_the_local_plan(stories) -> None:
         batches = _engine_plan(lengths, todo, 4, max_tokens, packed)
         assert sorted(np.concatenate([b.rows for b in blocks]).tolist()) == list(range(300))
         planned = []
-        for block in blocks:  # each block, planned again alone, is the whole plan's batches there
-            planned += _engine_plan(lengths, block.rows, 4, max_tokens, packed)
+        for block in blocks:  # the blocks' batches, in dataset positions, are the whole plan's, in order
+            planned += [[[int(block.rows[k]) for k in seq] for seq in batch] for batch in block.batches]
+            assert block.tokens == int(lengths[block.rows].sum())
         assert planned == batches
         assert 1 < len(blocks) < len(batches)
 

@@ -155,8 +155,15 @@ def plan_batches(
 
     A batch is a list of sequences, a sequence a list of rows (one row per sequence when padded). Without
     ``max_tokens`` a batch holds ``batch_size`` rows; with it, as many rows as keep the computed tokens
-    (sequences x the longest sequence) within ``max_tokens`` (always at least one row). Packed sequences
-    are filled first-fit-decreasing up to ``max(PACK_TOKENS, longest row of the batch)`` tokens.
+    (sequences x the longest sequence) within ``max_tokens`` (always at least one row).
+
+    Packed, without ``max_tokens``: each run of ``batch_size`` rows is packed first-fit-decreasing into
+    sequences of ``max(PACK_TOKENS, its longest row)`` tokens. Packed, with ``max_tokens``: each batch opens
+    sequences of ``cap = max(longest remaining row, min(PACK_TOKENS, max_tokens))`` tokens, as many as the
+    budget holds, takes the longest remaining rows first-fit while one fits, then fills the gaps that are
+    left with the *shortest* remaining rows (best fit). Long rows leave gaps that only short rows can fill,
+    and the shortest rows are at the other end of the order, so computed tokens come within a few percent
+    of the real ones (see docs/benchmarks.md).
     """
     n = len(order)
     batches: list[list[list[int]]] = []
@@ -168,23 +175,10 @@ def plan_batches(
             batches.append([[int(r)] for r in order[i : i + take]])
             i += take
         return batches
-    groups: list[np.ndarray] = []
-    if max_tokens is None:
-        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    else:
-        i = 0
-        while i < n:
-            cap = max(PACK_TOKENS, int(lengths[order[i]]))
-            packs = max(1, max_tokens // cap)
-            # Rows until their tokens would fill `packs` sequences of `cap` (bin packing may need one more
-            # sequence than the sum suggests; the budget check below keeps the batch within max_tokens).
-            j, total = i, 0
-            while j < n and total + int(lengths[order[j]]) <= packs * cap:
-                total += int(lengths[order[j]])
-                j += 1
-            groups.append(order[i : max(j, i + 1)])
-            i = max(j, i + 1)
-    for group in groups:
+    if max_tokens is not None:
+        return _pack_two_ended([int(r) for r in order], [int(lengths[r]) for r in order], max_tokens)
+    for i in range(0, n, batch_size):
+        group = order[i : i + batch_size]
         cap = max(PACK_TOKENS, int(lengths[group[0]]))
         seqs: list[list[int]] = []
         room: list[int] = []
@@ -198,12 +192,40 @@ def plan_batches(
             else:
                 seqs.append([int(r)])
                 room.append(cap - need)
-        if max_tokens is not None:
-            # Bin packing may have opened one sequence more than the budget holds: split the batch.
-            per = max(1, max_tokens // max(cap - min(room), 1))
-            batches.extend(seqs[k : k + per] for k in range(0, len(seqs), per))
-        else:
-            batches.append(seqs)
+        batches.append(seqs)
+    return batches
+
+
+def _pack_two_ended(rows: list[int], lengths: list[int], max_tokens: int) -> list[list[list[int]]]:
+    """The token-budget packer of :func:`plan_batches`: ``rows`` longest first, ``lengths`` aligned."""
+    batches: list[list[list[int]]] = []
+    lo, hi = 0, len(rows)  # rows[lo:hi] are still to place; the longest at lo, the shortest at hi - 1
+    while lo < hi:
+        cap = max(lengths[lo], min(PACK_TOKENS, max_tokens))
+        packs = max(1, max_tokens // cap)
+        seqs: list[list[int]] = []
+        room: list[int] = []
+        while lo < hi:  # the longest rows, first fit, opening sequences while the budget has room
+            need = lengths[lo]
+            k = next((k for k, free in enumerate(room) if need <= free), -1)
+            if k < 0:
+                if len(seqs) == packs:
+                    break
+                seqs.append([])
+                room.append(cap)
+                k = len(seqs) - 1
+            seqs[k].append(rows[lo])
+            room[k] -= need
+            lo += 1
+        while lo < hi:  # the gaps, filled with the shortest rows (best fit: the tightest gap that holds one)
+            need = lengths[hi - 1]
+            k = min((k for k, free in enumerate(room) if need <= free), key=room.__getitem__, default=-1)
+            if k < 0:
+                break
+            hi -= 1
+            seqs[k].append(rows[hi])
+            room[k] -= need
+        batches.append(seqs)
     return batches
 
 
@@ -440,6 +462,7 @@ def run_rows(
     packing: bool | str = "auto",
     ids: Sequence[str] | None = None,
     stats: dict[str, int] | None = None,
+    batches: list[list[list[int]]] | None = None,
 ) -> None:
     """Forward the rows ``todo`` in length-sorted batches, calling ``on_batch(rows, features, counts)``.
 
@@ -447,7 +470,10 @@ def run_rows(
     are on the CPU in ``out_dtype``; ``counts`` are the rows' target-token counts. ``packing``: ``"auto"``
     packs where exact (else pads, with a log line), ``True`` raises if packing is not exact, ``False``
     pads. ``ids`` name rows in errors (NaN features); ``stats`` gains ``computed_tokens``, ``real_tokens``,
-    ``batches`` and ``packed`` (1/0).
+    ``batches`` and ``packed`` (1/0). ``batches``: run this plan of :func:`plan_batches` (batches of
+    sequences of positions in ``encoded``, covering ``todo``) instead of planning; the Ray engine sends each
+    worker its block of the driver's plan this way. It must match the packing decision: one row per
+    sequence when the batches are padded.
     """
     if packing not in ("auto", True, False):
         raise ValueError(f"packing must be 'auto', True or False; got {packing!r}.")
@@ -489,7 +515,13 @@ def run_rows(
     with ExitStack() as stack:
         for site in sites:
             stack.enter_context(residual_hook(model, site, make_hook(site), layers_attr=layers_attr))
-        for seqs in plan_batches(order, lengths, batch_size, max_tokens, mode is not None):
+        if batches is None:
+            batches = plan_batches(order, lengths, batch_size, max_tokens, mode is not None)
+        elif mode is None and any(len(seq) != 1 for b in batches for seq in b):
+            raise ValueError(
+                "run_rows got a packed plan (several rows in one sequence), but this model's batches are padded."
+            )
+        for seqs in batches:
             if mode is None:
                 batch = _padded_batch([s[0] for s in seqs], encoded, pad_id, padding_side, device)
             else:

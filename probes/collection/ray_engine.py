@@ -6,10 +6,10 @@ How a Ray collection runs
    row checks, spec and cache key), so a Ray run and a local run of the same config open the same cache
    entry, and a finished entry from either is a cache hit for the other.
 2. Rows not yet in the entry are cut into the batches the local engine would run
-   (:func:`~probes.collection.engine.plan_batches`: longest first, ``batch_size`` rows), and consecutive
-   batches are grouped into *blocks* of about ``engine.block_tokens`` tokens. Block boundaries fall on batch
-   boundaries, so every forward pass a worker runs is one the local engine runs: the activations are the same
-   bit for bit.
+   (:func:`~probes.collection.engine.plan_batches`: longest first, by ``batch_size`` or a token budget,
+   packed where exact), and consecutive batches are grouped into *blocks* of about ``engine.block_tokens``
+   tokens. Each block carries its batches and the worker runs exactly those, so every forward pass a worker
+   runs is one the local engine runs: the activations are the same bit for bit.
 3. ``engine.workers`` actors each load the model once with :func:`probes.load_model` (on their own device:
    Ray gives an actor with ``gpus_per_worker: 1`` its own GPU) and run
    :func:`~probes.collection.engine.run_rows`, the local engine, on one block at a time.
@@ -105,11 +105,16 @@ class ModelSource:
 
 @dataclass(frozen=True)
 class Block:
-    """One task: whole consecutive batches of the local engine's plan (dataset positions, in plan order)."""
+    """One task: whole consecutive batches of the local engine's plan.
+
+    ``rows`` are dataset positions in plan order; ``batches`` are those batches (sequences of rows), with
+    positions into ``rows``, which the worker runs as they are.
+    """
 
     index: int
     rows: np.ndarray
     tokens: int
+    batches: list[list[list[int]]]
 
 
 def _engine_plan(
@@ -131,44 +136,27 @@ def plan_blocks(
 ) -> list[Block]:
     """Cut the local engine's batches of ``todo`` into blocks of about ``block_tokens`` tokens (whole batches).
 
-    A block is closed under planning: the engine, given only the block's rows, cuts them into exactly the
-    batches (and packed sequences) the whole plan has there (checked, and the block grown by a batch until it
-    holds), so a worker runs the very forward passes a local run does.
+    The plan is the one :func:`~probes.collection.engine.run_rows` makes for ``todo`` in a local run; each
+    block carries its batches, and the worker runs exactly those, so every forward pass of a Ray run is one
+    that the local run does.
     """
     todo = np.asarray(todo)
     lengths = np.zeros(len(encoded), dtype=np.int64)
     lengths[todo] = [len(encoded[i]) for i in todo]
     batches = _engine_plan(lengths, todo, batch_size, max_tokens, packed)
-    # Rows keep the plan's length-sorted order (a packed batch interleaves them across its sequences), so a
-    # block of whole packing groups is a run of that order and plans alone into the same sequences.
-    rank = np.empty(len(encoded), dtype=np.int64)
-    rank[todo[np.argsort(-lengths[todo], kind="stable")]] = np.arange(len(todo))
-    flat = [np.asarray([r for seq in b for r in seq], dtype=np.int64) for b in batches]
-    sizes = [int(lengths[f].sum()) for f in flat]
-
-    def rows(i: int, j: int) -> np.ndarray:
-        block = np.concatenate(flat[i:j])
-        return block[np.argsort(rank[block], kind="stable")]
-
-    def closed(i: int, j: int) -> bool:
-        return _engine_plan(lengths, rows(i, j), batch_size, max_tokens, packed) == batches[i:j]
-
-    def restarts(j: int) -> bool:
-        # The planner starts afresh at j (e.g. a packing group starts there): the rest plans alone as in the
-        # whole plan. Checked only where a block would end; always true for padded, row-count batches.
-        return j == len(batches) or closed(j, len(batches))
-
-    bounds: list[tuple[int, int]] = []
+    blocks: list[Block] = []
     i = 0
     while i < len(batches):
-        j, tokens = i + 1, sizes[i]
-        while j < len(batches) and tokens < block_tokens:
-            tokens, j = tokens + sizes[j], j + 1
-        while j < len(batches) and not (restarts(j) and closed(i, j)):
+        j, tokens = i, 0
+        while j < len(batches) and (j == i or tokens < block_tokens):
+            tokens += int(sum(lengths[r] for seq in batches[j] for r in seq))
             j += 1
-        bounds.append((i, j))
+        rows = [r for batch in batches[i:j] for seq in batch for r in seq]
+        where = {r: k for k, r in enumerate(rows)}
+        local = [[[where[r] for r in seq] for seq in batch] for batch in batches[i:j]]
+        blocks.append(Block(len(blocks), np.asarray(rows, dtype=np.int64), tokens, local))
         i = j
-    return [Block(k, rows(i, j), sum(sizes[i:j])) for k, (i, j) in enumerate(bounds)]
+    return blocks
 
 
 @dataclass
@@ -236,6 +224,7 @@ class _Worker:
         rows: np.ndarray,
         ids: list[str],
         encoded: list[Encoded],
+        batches: list[list[list[int]]],
         sites: list[str],
         poolings: list[str],
         batch_size: int,
@@ -259,6 +248,7 @@ class _Worker:
                 batch_size=batch_size,
                 max_tokens=max_tokens,
                 packing=packed,  # the driver's decision: every block is laid out as the whole plan is
+                batches=batches,  # the driver's plan for this block, run as it is
                 ids=ids,
                 pad_id=pad_id,
                 padding_side=padding_side,
@@ -578,7 +568,7 @@ class RayEngine:
         def submit(worker: Any, block: Block) -> Any:
             rows = block.rows
             return worker.run.remote(
-                rows, [plan.ids[i] for i in rows], [plan.encoded[i] for i in rows], *static
+                rows, [plan.ids[i] for i in rows], [plan.encoded[i] for i in rows], block.batches, *static
             )
 
         def what(block: Block) -> str:
