@@ -176,6 +176,16 @@ def bench_issue13(shape: str, n_rows: int, repeats: int, hidden_states_once: boo
     collect_encoded(model, rows, [mid], "last", max_tokens=budget, stats=stats)  # warm-up + token counts
     pad_stats: dict[str, int] = {}
     collect_encoded(model, rows[:4], [mid], "last", batch_size=MIXED_BATCH, packing=False, stats=pad_stats)
+
+    def hidden_states_run(
+        model: nn.Module, inputs: list[tuple[torch.Tensor, torch.Tensor]], mid: int
+    ) -> None:
+        # Keep only the layer read: holding every batch's logits (b x s x vocab) would take gigabytes.
+        for i, m in inputs:
+            out = model(input_ids=i, attention_mask=m, use_cache=False, output_hidden_states=True)
+            _ = out.hidden_states[mid]
+            del out
+
     methods: dict[str, Callable[[], object]] = {
         "probes collect (packed, max_tokens)": lambda: collect_encoded(
             model, rows, [mid], "last", max_tokens=budget
@@ -186,10 +196,7 @@ def bench_issue13(shape: str, n_rows: int, repeats: int, hidden_states_once: boo
         "probes mean+last+tokens, one call": lambda: collect_encoded(
             model, rows, [mid], ["mean", "last", "tokens"], max_tokens=budget
         ),
-        "output_hidden_states, file order": lambda: [
-            model(input_ids=i, attention_mask=m, use_cache=False, output_hidden_states=True)
-            for i, m in inputs_file
-        ],
+        "output_hidden_states, file order": lambda: hidden_states_run(model, inputs_file, mid),
     }
     reader = nnsight_reader(model, mid)
     if reader is not None:

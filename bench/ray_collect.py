@@ -22,6 +22,7 @@ All runs happen in one process on one local Ray cluster (``ray.init(num_cpus=2)`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import threading
@@ -143,6 +144,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="200 rows, a 2-block model, RSS at 200 -> 1,000")
     parser.add_argument("--rows", type=int, default=None, help="rows of part 1 (default 2,000)")
     parser.add_argument("--rss-rows", type=int, nargs=2, default=None, help="rows of part 2 (default 2k 20k)")
+    parser.add_argument("--part", type=int, choices=(1, 2), default=None, help="run only part 1 or part 2")
     args = parser.parse_args()
     rows = args.rows or (200 if args.quick else 2000)
     rss_rows = args.rss_rows or ([200, 1000] if args.quick else [2000, 20000])
@@ -168,52 +170,61 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, ray {ray.__version__}, 1 torch thread per engine, {os.cpu_count()} CPUs"
     )
-    print(
-        f"part 1: {rows} rows, GPT-2-small width d=768 x {n_layer} blocks (random), layers.{n_layer}, mean\n"
-    )
+    if args.part in (None, 1):
+        print(
+            f"part 1: {rows} rows, GPT-2-small width d=768 x {n_layer} blocks (random), layers.{n_layer}, mean\n"
+        )
 
-    probes.collect(model, tokenizer, ds.subset(range(8)), site, "mean", **kwargs)  # warm-up
-    start = time.perf_counter()
-    local = probes.collect(model, tokenizer, ds, site, "mean", cache_dir=work / "local", **kwargs)
-    t_local = time.perf_counter() - start
-    results = [("local", t_local, 0.0)]
-    for workers in (1, 2):
-        engine = EngineConfig(kind="ray", workers=workers, cpus_per_worker=1, block_tokens=16384)
-        with RayEngine(source, engine) as rc:
-            t0 = time.perf_counter()
-            rc.start(model)
-            t_start = time.perf_counter() - t0
-            rc.fill(
-                model,
-                tokenizer,
-                ds.subset(range(8)),
-                site,
-                "mean",
-                cache_dir=work / f"warm{workers}",
-                **kwargs,
+    if args.part in (None, 1):
+        probes.collect(model, tokenizer, ds.subset(range(8)), site, "mean", **kwargs)  # warm-up
+        start = time.perf_counter()
+        local = probes.collect(model, tokenizer, ds, site, "mean", cache_dir=work / "local", **kwargs)
+        t_local = time.perf_counter() - start
+        results = [("local", t_local, 0.0)]
+        for workers in (1, 2):
+            engine = EngineConfig(kind="ray", workers=workers, cpus_per_worker=1, block_tokens=16384)
+            with RayEngine(source, engine) as rc:
+                t0 = time.perf_counter()
+                rc.start(model)
+                t_start = time.perf_counter() - t0
+                rc.fill(
+                    model,
+                    tokenizer,
+                    ds.subset(range(8)),
+                    site,
+                    "mean",
+                    cache_dir=work / f"warm{workers}",
+                    **kwargs,
+                )
+                t0 = time.perf_counter()
+                rc.fill(model, tokenizer, ds, site, "mean", cache_dir=work / f"ray{workers}", **kwargs)
+                results.append((f"ray x{workers}", time.perf_counter() - t0, t_start))
+            got = probes.collect(
+                model, tokenizer, ds, site, "mean", cache_dir=work / f"ray{workers}", **kwargs
             )
-            t0 = time.perf_counter()
-            rc.fill(model, tokenizer, ds, site, "mean", cache_dir=work / f"ray{workers}", **kwargs)
-            results.append((f"ray x{workers}", time.perf_counter() - t0, t_start))
-        got = probes.collect(model, tokenizer, ds, site, "mean", cache_dir=work / f"ray{workers}", **kwargs)
-        key = f"layers.{n_layer}"
-        assert torch.equal(got.features[key], local.features[key]), "Ray and local differ"
-    print(f"{'engine':<8} {'seconds':>8} {'rows/s':>8} {'actor start s':>14} {'vs local':>9}")
-    for name, seconds, t_start in results:
-        extra = f"{t_start:>14.1f}" if name != "local" else f"{'-':>14}"
-        print(f"{name:<8} {seconds:>8.2f} {rows / seconds:>8.1f} {extra} {seconds / t_local:>8.2f}x")
-    t1, t2 = results[1][1], results[2][1]
-    print(f"\nray x2 vs ray x1: {t1 / t2:.2f}x (scaling efficiency {t1 / t2 / 2:.0%}; target >= 1.7x)")
-    print(f"ray x1 overhead vs local: {t1 / t_local:.2f}x (target <= 1.10x)")
-    print("activations: Ray (1 and 2 workers) equal to local bit for bit")
+            key = f"layers.{n_layer}"
+            assert torch.equal(got.features[key], local.features[key]), "Ray and local differ"
+        print(f"{'engine':<8} {'seconds':>8} {'rows/s':>8} {'actor start s':>14} {'vs local':>9}")
+        for name, seconds, t_start in results:
+            extra = f"{t_start:>14.1f}" if name != "local" else f"{'-':>14}"
+            print(f"{name:<8} {seconds:>8.2f} {rows / seconds:>8.1f} {extra} {seconds / t_local:>8.2f}x")
+        t1, t2 = results[1][1], results[2][1]
+        print(f"\nray x2 vs ray x1: {t1 / t2:.2f}x (scaling efficiency {t1 / t2 / 2:.0%}; target >= 1.7x)")
+        print(f"ray x1 overhead vs local: {t1 / t_local:.2f}x (target <= 1.10x)")
+        print("activations: Ray (1 and 2 workers) equal to local bit for bit")
 
+    if args.part == 1:
+        ray.shutdown()
+        return
     print("\npart 2: driver peak RSS growth, pooled mean of layers 0-2 (d=768), rows of 8-48 tokens")
-    del local, model
+    with contextlib.suppress(NameError):
+        del local
+    del model
     gc.collect()
     folder2 = save_model(work / "model2", 2)
     source2 = ModelSource(str(folder2))
     model2, _ = source2.load()
-    print(f"{'rows':>7} {'ray driver MiB':>15} {'local MiB':>10} {'features MiB':>13}")
+    print(f"{'rows':>7} {'tokens':>9} {'ray driver MiB':>15} {'local MiB':>10} {'features MiB':>13}")
     engine = EngineConfig(kind="ray", workers=2, cpus_per_worker=1, block_tokens=16384)
     with RayEngine(source2, engine) as rc:
         rc.start(model2)
@@ -225,13 +236,18 @@ def main() -> None:
             big = dataset(n, 6, 36, seed=n)
             gc.collect()
             with PeakRSS() as ray_rss:
-                rc.fill(model2, tokenizer, big, [0, 1, 2], "mean", cache_dir=work / f"rss{n}", **kwargs)
+                summary = rc.fill(
+                    model2, tokenizer, big, [0, 1, 2], "mean", cache_dir=work / f"rss{n}", **kwargs
+                )
             gc.collect()
             with PeakRSS() as local_rss:
                 acts = probes.collect(model2, tokenizer, big, [0, 1, 2], "mean", cache_dir=None, **kwargs)
+            tokens = summary.tokens
             del acts
             feats = n * 768 * 3 * 4 / 2**20
-            print(f"{n:>7} {ray_rss.growth_mib:>15.1f} {local_rss.growth_mib:>10.1f} {feats:>13.1f}")
+            print(
+                f"{n:>7} {tokens:>9} {ray_rss.growth_mib:>15.1f} {local_rss.growth_mib:>10.1f} {feats:>13.1f}"
+            )
     ray.shutdown()
 
 

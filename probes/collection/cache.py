@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import os
 import tempfile
 import time
@@ -504,15 +505,25 @@ class ActivationCache:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(len(blob).to_bytes(8, "little") + blob)
                 fh.truncate(start + at)
-            mapped = np.memmap(tmp, dtype=np.uint8, mode="r+")
+            with open(tmp, "rb+") as fh:
+                view = mmap.mmap(fh.fileno(), start + at)
+            mapped = np.frombuffer(view, dtype=np.uint8)
 
             def region(name: str, row_bytes: int, mapped: np.ndarray = mapped) -> np.ndarray:
                 lo, hi = header[name]["data_offsets"]
                 return mapped[start + lo : start + hi].reshape(-1, row_bytes)
 
+            def release() -> None:
+                # Written pages go to the file, then out of this process's resident set (the page cache
+                # keeps them): compacting a large entry does not grow RSS with its size.
+                view.flush()
+                if hasattr(mmap, "MADV_DONTNEED"):
+                    view.madvise(mmap.MADV_DONTNEED)
+
             region(ROW_INDEX, 8)[:] = np.arange(n_rows, dtype=np.int64).view(np.uint8).reshape(-1, 8)
             if self.has_tokens:
                 region(OFFSETS, 8)[:] = offsets.view(np.uint8).reshape(-1, 8)
+            release()
             for rows, feats, shard_offsets in self.iter_shards():
                 rows_np = rows.numpy()
                 token_index: np.ndarray | None = None
@@ -529,8 +540,11 @@ class ActivationCache:
                         dest[token_index] = value.reshape(len(token_index), -1)
                     else:
                         dest[rows_np] = value.reshape(len(rows_np), -1)
-            mapped.flush()
-            del mapped
+                    del value, dest
+                del feats
+                release()
+            del mapped, region  # the buffer's exports, so the map can close
+            view.close()
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             sha = _sha256_file(Path(tmp))
