@@ -94,7 +94,11 @@ def check_equal_to_hidden_states(
             assert (got - expected).abs().max().item() <= TOL, (n, i)
             assert (last[f"layers.{n}"][i] - expected[-1]).abs().max().item() <= TOL, (n, i)
         if has_norm:
-            assert (acts["final_norm"][i] - hidden[-1][mask]).abs().max().item() <= TOL
+            # The final norm rescales by 1/rms, so its values (and float rounding) are larger: the same 1e-5
+            # relative to the values' scale (stories260K's reach ~10; a 2-thread AMD CPU differs by 1.05e-5).
+            expected = hidden[-1][mask]
+            scale = max(1.0, expected.abs().max().item())
+            assert (acts["final_norm"][i] - expected).abs().max().item() <= TOL * scale
         else:  # encoders without a final norm: the last entry is the raw residual
             assert (acts[f"layers.{n_layers}"][i] - hidden[-1][mask]).abs().max().item() <= TOL
 

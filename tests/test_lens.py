@@ -53,13 +53,16 @@ def test_logit_lens_equals_independent_computation(which: str, request: pytest.F
     for text, res in zip(TEXTS, results, strict=True):
         ref = independent_lens(model, tokenizer, text)
         assert res.logits.shape == ref.shape and len(res.layers) == n_layers
-        torch.testing.assert_close(res.logits, ref, atol=1e-5, rtol=0)  # padded in a batch: still exact
+        # Padded in a batch: still exact to float rounding (logits reach ~10, so 1e-5 relative as well).
+        torch.testing.assert_close(res.logits, ref, atol=1e-5, rtol=1e-5)
         logp = ref.log_softmax(-1)
         top_p, top_i = logp.exp().topk(3, dim=-1)
         np.testing.assert_array_equal(res.top_ids, top_i.numpy())
         np.testing.assert_allclose(res.top_probs, top_p.numpy(), atol=1e-5)
         kl = (logp[-1].exp() * (logp[-1] - logp)).sum(-1)
-        np.testing.assert_allclose(res.kl_to_final, kl.clamp_min(0).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            res.kl_to_final, kl.clamp_min(0).numpy(), atol=1e-5, rtol=1e-5
+        )  # KL reaches ~40 nats
         assert np.all(res.kl_to_final[-1] < 1e-6)
         assert res.tokens == [tokenizer.decode([i]) for i in tokenizer(text)["input_ids"]]
 
