@@ -540,8 +540,8 @@ class ActivationCache:
                         dest[token_index] = value.reshape(len(token_index), -1)
                     else:
                         dest[rows_np] = value.reshape(len(rows_np), -1)
-                    del value, dest
-                del feats
+                # The shard's tensors go before the next one loads; `dest` is an export of the map.
+                del feats, value, dest
                 release()
             del mapped, region  # the buffer's exports, so the map can close
             view.close()

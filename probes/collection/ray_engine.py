@@ -227,8 +227,6 @@ class _Worker:
         batches: list[list[list[int]]],
         sites: list[str],
         poolings: list[str],
-        batch_size: int,
-        max_tokens: int | None,
         packed: bool,
         pad_id: int,
         padding_side: str,
@@ -245,8 +243,7 @@ class _Worker:
                 np.arange(len(encoded)),
                 parsed,
                 poolings,
-                batch_size=batch_size,
-                max_tokens=max_tokens,
+                batch_size=1,  # unused: the block's batches are given
                 packing=packed,  # the driver's decision: every block is laid out as the whole plan is
                 batches=batches,  # the driver's plan for this block, run as it is
                 ids=ids,
@@ -467,8 +464,7 @@ class RayEngine:
                 plan.encoded, todo, batch_size, self.engine.block_tokens, max_tokens=max_tokens, packed=packed
             )
             summary.blocks = len(blocks)
-            engine = (batch_size, max_tokens, packed)
-            self._run_blocks(plan, blocks, cache, tokenizer, engine, padding_side, done, progress, summary)
+            self._run_blocks(plan, blocks, cache, tokenizer, packed, padding_side, done, progress, summary)
         if not cache.complete:
             if not cache.done_rows().all():
                 raise EngineError(
@@ -548,7 +544,7 @@ class RayEngine:
         blocks: list[Block],
         cache: Any,
         tokenizer: Any,
-        engine: tuple[int, int | None, bool],
+        packed: bool,
         padding_side: str | None,
         done: np.ndarray,
         progress: bool,
@@ -559,7 +555,7 @@ class RayEngine:
         static = (
             plan.site_names,
             plan.poolings,
-            *engine,
+            packed,
             tokenizer_pad_id(tokenizer),
             resolve_padding_side(padding_side, tokenizer),
             str(plan.out_dtype).removeprefix("torch."),
