@@ -12,7 +12,7 @@ SmolLM2-135M-like Llama: 30 blocks, d=576, 9 heads, 3 KV heads, MLP 1536), readi
 Part 2 -- a dataset of mixed lengths (16-512 tokens) through collect in length-sorted batches versus the same
 batches in dataset order (unsorted), with the padding each one computes.
 Part 3 (issue 13) -- a mixed-length set (--mixed13-rows, default 200, log-uniform 16-512 tokens) on both
-shapes, one torch thread, process CPU time beside wall, every ratio from one run: probes collect (packed,
+shapes, one torch thread, process CPU time beside wall, every ratio from one run: probes collect (auto,
 token budget) vs output_hidden_states in file order, vs nnsight in file order and on the same length-sorted
 batches (if installed), vs probes' own padded batches; computed/real tokens; mean+last+tokens from one call
 vs one pooling. Part 4 -- peak RSS growth of pooling="tokens" (layers.2 of the gpt2-small shape) with a
@@ -173,7 +173,9 @@ def bench_issue13(shape: str, n_rows: int, repeats: int, hidden_states_once: boo
     inputs_sorted = [padded(b) for b in sorted_batches]
     budget = MIXED_BATCH * 512
     stats: dict[str, int] = {}
-    collect_encoded(model, rows, [mid], "last", max_tokens=budget, stats=stats)  # warm-up + token counts
+    collect_encoded(model, rows, [mid], "last", max_tokens=budget, packing=True, stats=stats)  # packed counts
+    auto_stats: dict[str, int] = {}
+    collect_encoded(model, rows, [mid], "last", max_tokens=budget, stats=auto_stats)  # warm-up + the choice
     pad_stats: dict[str, int] = {}
     collect_encoded(model, rows[:4], [mid], "last", batch_size=MIXED_BATCH, packing=False, stats=pad_stats)
 
@@ -187,8 +189,11 @@ def bench_issue13(shape: str, n_rows: int, repeats: int, hidden_states_once: boo
             del out
 
     methods: dict[str, Callable[[], object]] = {
-        "probes collect (packed, max_tokens)": lambda: collect_encoded(
+        "probes collect (max_tokens, auto)": lambda: collect_encoded(
             model, rows, [mid], "last", max_tokens=budget
+        ),
+        "probes collect (max_tokens, packed)": lambda: collect_encoded(
+            model, rows, [mid], "last", max_tokens=budget, packing=True
         ),
         "probes collect, padded sorted batches": lambda: collect_encoded(
             model, rows, [mid], "last", batch_size=MIXED_BATCH, packing=False
@@ -213,14 +218,18 @@ def bench_issue13(shape: str, n_rows: int, repeats: int, hidden_states_once: boo
                 c, w = _cpu_wall(fn)
                 cpu[name].append(c)
                 wall[name].append(w)
-    ref = "probes collect (packed, max_tokens)"
+    ref = "probes collect (max_tokens, auto)"
     print(f"\n{shape}: {n_rows} rows, {repeats} round(s){' (hidden states: round 1 only)' if once else ''}")
     print(f"  {n_rows} rows, log-uniform 16-512 tokens ({real} tokens), layers.{mid}")
     print(
         f"  computed/real tokens: packed {stats['computed_tokens'] / stats['real_tokens']:.3f}, padded sorted "
         f"{padded_tokens(lengths, sorted_batches) / real:.3f}, file order {padded_tokens(lengths, file_batches) / real:.3f}"
     )
-    print(f"  {'method':<40} {'CPU s':>8} {'wall s':>8} {'CPU ratio vs packed':>20}")
+    print(
+        f"  probes (max_tokens={budget}, packing='auto') chose {'packed' if auto_stats['packed'] else 'padded'} "
+        f"batches: {auto_stats['batches']} passes, computed/real {auto_stats['computed_tokens'] / real:.3f}"
+    )
+    print(f"  {'method':<40} {'CPU s':>8} {'wall s':>8} {'CPU ratio vs probes':>20}")
     for name in methods:
         ratio = statistics.median(c / p for c, p in zip(cpu[name], cpu[ref], strict=False))
         print(

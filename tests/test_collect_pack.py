@@ -19,8 +19,9 @@ from test_collect_exact import TEXTS, make_dataset, reference_hidden_states
 from torch import nn
 
 from probes.collection import collect
-from probes.collection.engine import plan_batches
+from probes.collection.engine import choose_plan, plan_batches, plan_cost
 from probes.data.render import encode_dataset
+from probes.data.types import Encoded, EncodedRows
 from probes.errors import CollectionError
 from probes.train import DiffMeansProbe, LogisticProbe, fit_logistic_many
 
@@ -66,6 +67,56 @@ def test_token_budget_batches_vary_with_length_and_stay_exact() -> None:
         assert stats["packed"] == int(packing)
         if packing:  # packed: computed tokens within 5% of the real ones
             assert stats["computed_tokens"] <= 1.05 * stats["real_tokens"]
+
+
+def test_auto_packing_takes_the_cheaper_plan() -> None:
+    # Equal lengths: padded batches compute no padding, while packing makes each row attend over a whole
+    # 256-token sequence, so "auto" pads; mixed lengths with cheap attention: packing saves padding.
+    equal = np.full(64, 20)
+    order = np.argsort(-equal, kind="stable")
+    per_key = 1 / (6 * 768)
+    batches, packed = choose_plan(order, equal, 8, 2048, "causal", "auto", per_key)
+    assert not packed and all(len(s) == 1 for b in batches for s in b)
+    assert plan_cost(batches, equal, None, per_key) == pytest.approx(64 * 20 * (1 + 20 * per_key))
+    _, forced = choose_plan(order, equal, 8, 2048, "causal", True, per_key)
+    assert forced
+    # One long row and many short ones in batches of 8 rows: padding triples the work, packing does not.
+    mixed = np.array([200] + [10] * 40)
+    order = np.argsort(-mixed, kind="stable")
+    batches, packed = choose_plan(order, mixed, 8, None, "causal", "auto", 0.0)
+    assert packed and any(len(s) > 1 for b in batches for s in b)
+    padded = plan_batches(order, mixed, 8, None, False)
+    assert plan_cost(batches, mixed, "causal", 0.0) < plan_cost(padded, mixed, None, 0.0) / 2
+    # With a token budget, padded batches end before a row 5% shorter than their longest: little padding.
+    budget = plan_batches(order, mixed, 8, 2048, False)
+    assert [len(b) for b in budget] == [1, 40]
+    assert plan_cost(budget, mixed, None, 0.0) == mixed.sum()
+    # varlen attends within rows only: cheaper than padding these rows.
+    _, packed = choose_plan(order, mixed, 8, None, "varlen", "auto", per_key)
+    assert packed
+    for mode in (None, "causal"):
+        _, packed = choose_plan(order, mixed, 8, 2048, mode, False, 0.0)
+        assert not packed
+
+
+def test_encoded_rows_hold_rows_flat_and_equal_tuples() -> None:
+    _, tokenizer = build_tiny_model("llama")
+    dataset = make_dataset()
+    rows = encode_dataset(dataset, tokenizer, max_length=512)
+    flat = encode_dataset(dataset, tokenizer, max_length=512, compact=True)
+    assert isinstance(flat, EncodedRows) and len(flat) == len(rows)
+    assert list(flat) == rows and flat[-1] == rows[-1]
+    assert flat.lengths.tolist() == [len(r) for r in rows]
+    pick = [2, 0, 2]
+    assert list(flat.take(pick)) == [rows[i] for i in pick]
+    assert list(flat[1:3]) == rows[1:3]
+    assert list(EncodedRows.from_rows(rows)) == rows
+    assert flat.ids.dtype == np.int64 and flat.ids.nbytes == 8 * sum(len(r) for r in rows)
+    with pytest.raises(IndexError):
+        flat[len(rows)]
+    with pytest.raises(ValueError, match="disagree"):
+        EncodedRows(flat.ids, flat.mask[:-1], flat.offsets)
+    assert isinstance(flat[0], Encoded)
 
 
 def test_several_poolings_from_one_pass_equal_separate_calls(tmp_path: Path) -> None:

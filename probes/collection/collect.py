@@ -208,10 +208,14 @@ def plan_collection(
     layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
     sites = parse_sites(layers, len(block_list(model, layers_attr)))  # type: ignore[arg-type]
     out_dtype = storage_dtype(dtype)
-    encoded = list(
-        encode_dataset(
-            dataset, tokenizer, max_length=max_length, max_chars=max_chars, chat_template=chat_template
-        )
+    # Flat arrays, not a list of tuples: a driver's memory then follows the token count (issue #14).
+    encoded = encode_dataset(
+        dataset,
+        tokenizer,
+        max_length=max_length,
+        max_chars=max_chars,
+        chat_template=chat_template,
+        compact=True,
     )
     ids = list(dataset.ids)
     counts = validate_rows(encoded, poolings, ids)

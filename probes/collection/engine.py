@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from probes.collection.pooling import BatchLayout, Pooler, feature_key, nonfinite_error, nonfinite_rows
-from probes.data.types import Encoded
+from probes.data.types import Encoded, EncodedRows
 from probes.errors import SiteError
 from probes.models.sites import Site, block_list, final_norm_module, residual_hook
 
@@ -45,6 +45,7 @@ log = logging.getLogger("probes.collection")
 # Packs are at least this long (or the longest row): short rows share a sequence, and the dense T x T
 # attention of a pack stays a small part of its cost (4 T d of 24 d^2 FLOPs per token at T = 256).
 PACK_TOKENS = 256
+PAD_TOLERANCE = 0.05  # a padded token-budget batch ends before a row shorter than 95% of its longest
 # Model types whose position information is an ALiBi bias built from a 2-D padding mask.
 _ALIBI_TYPES = frozenset({"bloom", "mpt", "baichuan"})
 
@@ -155,7 +156,9 @@ def plan_batches(
 
     A batch is a list of sequences, a sequence a list of rows (one row per sequence when padded). Without
     ``max_tokens`` a batch holds ``batch_size`` rows; with it, as many rows as keep the computed tokens
-    (sequences x the longest sequence) within ``max_tokens`` (always at least one row).
+    (sequences x the longest sequence) within ``max_tokens`` (always at least one row) and, padded, pad no row
+    by more than ``PAD_TOLERANCE`` of the batch's width: on a large dataset the lengths are dense and batches
+    fill the budget; on a sparse tail (few long rows) batches get smaller instead of computing padding.
 
     Packed, without ``max_tokens``: each run of ``batch_size`` rows is packed first-fit-decreasing into
     sequences of ``max(PACK_TOKENS, its longest row)`` tokens. Packed, with ``max_tokens``: each batch opens
@@ -171,7 +174,14 @@ def plan_batches(
         i = 0
         while i < n:
             longest = max(1, int(lengths[order[i]]))
-            take = batch_size if max_tokens is None else max(1, max_tokens // longest)
+            if max_tokens is None:
+                take = batch_size
+            else:  # within the budget, and no row padded by more than PAD_TOLERANCE of the batch width
+                room = max(1, max_tokens // longest)
+                shortest = longest * (1 - PAD_TOLERANCE)
+                take = 1
+                while take < room and i + take < n and int(lengths[order[i + take]]) >= shortest:
+                    take += 1
             batches.append([[int(r)] for r in order[i : i + take]])
             i += take
         return batches
@@ -194,6 +204,73 @@ def plan_batches(
                 room.append(cap - need)
         batches.append(seqs)
     return batches
+
+
+def encoded_lengths(encoded: Sequence[Encoded], rows: np.ndarray | None = None) -> np.ndarray:
+    """Every row's length (0 outside ``rows`` when given), without building rows that are held flat."""
+    if isinstance(encoded, EncodedRows):
+        lengths = encoded.lengths.astype(np.int64)
+        if rows is not None:
+            keep = np.zeros(len(encoded), dtype=bool)
+            keep[rows] = True
+            lengths[~keep] = 0
+        return lengths
+    lengths = np.zeros(len(encoded), dtype=np.int64)
+    rows = np.arange(len(encoded)) if rows is None else rows
+    lengths[rows] = np.fromiter((len(encoded[i]) for i in rows), dtype=np.int64, count=len(rows))
+    return lengths
+
+
+def plan_cost(
+    batches: list[list[list[int]]], lengths: dict[int, int] | np.ndarray, mode: str | None, per_key: float
+) -> float:
+    """Estimated compute of a plan, in token-forward units: every computed position costs 1 (the linear
+    layers), plus ``per_key`` per attention key it attends over. Padded and 4-D-masked packed batches attend
+    over the whole batch width (the mask does not skip work); ``"varlen"`` attends only within each row."""
+    cost = 0.0
+    for seqs in batches:
+        width = max(sum(int(lengths[r]) for r in seq) for seq in seqs)
+        if mode == "varlen":
+            cost += sum(int(lengths[r]) * (1 + per_key * int(lengths[r])) for seq in seqs for r in seq)
+        else:
+            cost += len(seqs) * width * (1 + per_key * width)
+    return cost
+
+
+def attention_cost_per_key(model: nn.Module) -> float:
+    """Attention's cost per key relative to one token's linear layers: ``4d`` against ``24d^2`` FLOPs per
+    token and block (QK and AV versus QKV, output and a 4x MLP), ``1 / (6d)``; 0 when the width is unknown."""
+    config = getattr(model, "config", None)
+    width = (
+        getattr(config, "hidden_size", None)
+        or getattr(config, "n_embd", None)
+        or getattr(config, "d_model", None)
+    )
+    return 1.0 / (6 * int(width)) if isinstance(width, int) and width > 0 else 0.0
+
+
+def choose_plan(
+    order: np.ndarray,
+    lengths: dict[int, int] | np.ndarray,
+    batch_size: int,
+    max_tokens: int | None,
+    mode: str | None,
+    packing: bool | str,
+    per_key: float,
+) -> tuple[list[list[list[int]]], bool]:
+    """The batches :func:`run_rows` runs and whether they are packed. ``packing="auto"`` packs only when the
+    packed plan is estimated cheaper (:func:`plan_cost`): packing removes padding but makes each short row of a
+    4-D-masked sequence attend over the whole sequence, which on data whose sorted batches pad little costs
+    more than it saves (docs/benchmarks.md). ``mode`` is :func:`packing_plan`'s (None: not exact, pad)."""
+    padded = plan_batches(order, lengths, batch_size, max_tokens, False)
+    if mode is None or packing is False:
+        return padded, False
+    packed = plan_batches(order, lengths, batch_size, max_tokens, True)
+    if packing is True or plan_cost(packed, lengths, mode, per_key) < plan_cost(
+        padded, lengths, None, per_key
+    ):
+        return packed, True
+    return padded, False
 
 
 def _pack_two_ended(rows: list[int], lengths: list[int], max_tokens: int) -> list[list[list[int]]]:
@@ -492,8 +569,7 @@ def run_rows(
 
         return hook
 
-    lengths = np.zeros(len(encoded), dtype=np.int64)
-    lengths[todo] = np.fromiter((len(encoded[i]) for i in todo), dtype=np.int64, count=len(todo))
+    lengths = encoded_lengths(encoded, todo)
     # Longest first and stable, so equal-length rows keep dataset order.
     order = todo[np.argsort(-lengths[todo], kind="stable")]
     mode: str | None = None
@@ -516,7 +592,11 @@ def run_rows(
         for site in sites:
             stack.enter_context(residual_hook(model, site, make_hook(site), layers_attr=layers_attr))
         if batches is None:
-            batches = plan_batches(order, lengths, batch_size, max_tokens, mode is not None)
+            batches, packs = choose_plan(
+                order, lengths, batch_size, max_tokens, mode, packing, attention_cost_per_key(model)
+            )
+            mode = mode if packs else None
+            totals["packed"] = int(packs)
         elif mode is None and any(len(seq) != 1 for b in batches for seq in b):
             raise ValueError(
                 "run_rows got a packed plan (several rows in one sequence), but this model's batches are padded."

@@ -45,13 +45,20 @@ import torch
 
 from probes.collection.cache import ShardBuffer
 from probes.collection.collect import CollectionPlan, plan_collection
-from probes.collection.engine import plan_batches, resolve_padding_side, tokenizer_pad_id
+from probes.collection.engine import (
+    attention_cost_per_key,
+    choose_plan,
+    encoded_lengths,
+    plan_batches,
+    resolve_padding_side,
+    tokenizer_pad_id,
+)
 from probes.collection.pooling import (
     Pooling,
     storage_dtype,
 )
 from probes.config.engine import EngineConfig
-from probes.data.types import Encoded
+from probes.data.types import Encoded, EncodedRows
 from probes.errors import EngineError
 from probes.models.sites import block_list, parse_sites
 
@@ -141,8 +148,7 @@ def plan_blocks(
     that the local run does.
     """
     todo = np.asarray(todo)
-    lengths = np.zeros(len(encoded), dtype=np.int64)
-    lengths[todo] = [len(encoded[i]) for i in todo]
+    lengths = encoded_lengths(encoded)
     batches = _engine_plan(lengths, todo, batch_size, max_tokens, packed)
     blocks: list[Block] = []
     i = 0
@@ -203,12 +209,12 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def packing_mode(self, sites: list[str], longest: int, packing: bool | str) -> bool:
-        """Whether the engine packs rows on this worker's model and device (its one-off self-check)."""
+    def packing_mode(self, sites: list[str], longest: int, packing: bool | str) -> str | None:
+        """How the engine can pack rows on this worker's model and device (its one-off self-check), or None."""
         from probes.collection.engine import _Runner, input_device, packing_plan
 
         if packing is False:
-            return False
+            return None
         parsed = parse_sites(sites, len(block_list(self.model, self.layers_attr)))
         runner = _Runner.build(self.model, parsed, self.layers_attr)
         with torch.inference_mode():
@@ -217,13 +223,13 @@ class _Worker:
             )
         if mode is None and packing is True:
             raise ValueError(f"packing=True, but packing is not exact for this model: {reason}.")
-        return mode is not None
+        return mode
 
     def run(
         self,
         rows: np.ndarray,
         ids: list[str],
-        encoded: list[Encoded],
+        encoded: Sequence[Encoded],
         batches: list[list[list[int]]],
         sites: list[str],
         poolings: list[str],
@@ -457,9 +463,15 @@ class RayEngine:
         summary = RaySummary(plan.spec["cache_key"], cache.folder, len(plan.encoded), len(todo), 0, 0, 0.0)
         if len(todo):
             # One worker decides packing (its self-check runs on the workers' device), for every block.
-            longest = max(len(plan.encoded[i]) for i in todo)
+            lengths = encoded_lengths(plan.encoded)
+            longest = int(lengths[todo].max())
             worker = self._pool(plan.spec["model"])[0]
-            packed = bool(self._ray.get(worker.packing_mode.remote(plan.site_names, longest, packing)))
+            mode = self._ray.get(worker.packing_mode.remote(plan.site_names, longest, packing))
+            # Packed or padded as run_rows would choose for these rows (its cost estimate).
+            order = todo[np.argsort(-lengths[todo], kind="stable")]
+            _, packed = choose_plan(
+                order, lengths, batch_size, max_tokens, mode, packing, attention_cost_per_key(model)
+            )
             blocks = plan_blocks(
                 plan.encoded, todo, batch_size, self.engine.block_tokens, max_tokens=max_tokens, packed=packed
             )
@@ -564,7 +576,7 @@ class RayEngine:
         def submit(worker: Any, block: Block) -> Any:
             rows = block.rows
             return worker.run.remote(
-                rows, [plan.ids[i] for i in rows], [plan.encoded[i] for i in rows], block.batches, *static
+                rows, [plan.ids[i] for i in rows], _rows_of(plan.encoded, rows), block.batches, *static
             )
 
         def what(block: Block) -> str:
@@ -596,6 +608,11 @@ class RayEngine:
                 bar.set_postfix_str(f"{summary.tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")
         finally:
             bar.close()
+
+
+def _rows_of(encoded: Sequence[Encoded], rows: np.ndarray) -> Sequence[Encoded]:
+    # A block's rows as compact arrays when the plan holds them so (a smaller message than tuples).
+    return encoded.take(rows) if isinstance(encoded, EncodedRows) else [encoded[i] for i in rows]
 
 
 def _cause(exc: Exception) -> str:

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from probes.data.types import Encoded, Example, Message, Target
+from probes.data.types import Encoded, EncodedRows, Example, Message, Target, _RowsBuilder
 from probes.errors import DatasetError, TokenizerError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -522,8 +522,12 @@ def encode_dataset(
     use_chat_template: UseChatTemplate = "auto",
     progress: bool = False,
     batch_size: int = 1024,
-) -> list[Encoded]:
+    compact: bool = False,
+) -> list[Encoded] | EncodedRows:
     """Encode every row (same rules as :func:`encode`), tokenizing in batches of ``batch_size`` rows.
+
+    ``compact``: return an :class:`~probes.data.types.EncodedRows` (flat arrays, each batch's tuples freed as
+    it is added) instead of a list of :class:`Encoded`; collection uses it so memory follows the token count.
 
     Rows longer than ``max_chars`` characters (default ``CHARS_PER_TOKEN * max_length``) are cut before
     tokenizing, with one warning counting them.
@@ -532,6 +536,7 @@ def encode_dataset(
     limit = resolve_max_chars(max_chars, max_length)
     examples = list(dataset)
     out: list[Encoded] = []
+    builder = _RowsBuilder() if compact else None
     partly = n_cut = n_short = 0
     starts = range(0, len(examples), batch_size)
     if progress:
@@ -543,7 +548,10 @@ def encode_dataset(
         pairs = [_render_cut(ex, tokenizer, limit, chat_template, use_chat_template) for ex in chunk]
         rendered, cut = [r for r, _ in pairs], [c for _, c in pairs]
         encoded, n, short = _encode_rendered(rendered, chunk, tokenizer, max_length, cut)
-        out.extend(encoded)
+        if builder is not None:
+            builder.extend(encoded)
+        else:
+            out.extend(encoded)
         partly += n
         n_cut += sum(cut)
         n_short += short
@@ -565,4 +573,4 @@ def encode_dataset(
             "target tokens are read. Raise max_length to read whole targets.",
             stacklevel=2,
         )
-    return out
+    return builder.build() if builder is not None else out
