@@ -275,8 +275,10 @@ def collect(
         batch_size: rows per forward pass (rows are length-sorted first); ignored when ``max_tokens`` is set.
         max_tokens: token budget of one forward pass (rows x padded width, or the packed sequences' tokens);
             rows per batch then vary with their length. ``None``: ``batch_size`` rows per pass.
-        packing: ``"auto"`` packs several rows into one sequence where that is exact for the model (and
-            pads otherwise, saying so in a log line); ``True`` insists (error if not exact); ``False`` pads.
+        packing: ``"auto"`` packs several rows into one sequence where that is exact for the model and the
+            packed plan is estimated cheaper than the padded one (see ``engine.choose_plan``; where packing is
+            not exact it pads, saying so in a log line); ``True`` packs whenever exact (error if not);
+            ``False`` pads. ``stats["packed"]`` says which ran.
         max_length: rows are truncated to this many tokens (the data layer's policy: the start is kept).
         max_chars: rows are cut to this many characters before tokenizing (default 64 x max_length), so a
             huge row costs memory in proportion to max_length (see :mod:`probes.data.render`).

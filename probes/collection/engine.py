@@ -6,7 +6,8 @@ requested site, and stops the pass at the deepest site by raising :class:`_StopF
 
 Two layouts, both exact (equal to each row's own unpadded forward):
 
-* **packed** (the default where the model allows it): several rows share one sequence, each with its own
+* **packed** (where the model allows it and :func:`choose_plan` estimates it cheaper): several rows share one
+  sequence, each with its own
   ``position_ids`` (0, 1, ...) and a block-diagonal 4-D attention mask (additive float, causal inside each
   row for decoders, full inside each row for encoders), so the pass computes about as many tokens as the
   rows hold. With a flash-attention model the rows go in one ``(1, total)`` sequence with restarting

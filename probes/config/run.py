@@ -50,7 +50,10 @@ class RunConfig(Strict):
     )
     packing: Literal["auto"] | bool = Field(
         "auto",
-        description="Pack several rows into one sequence where exact for the model (auto), always, or never.",
+        description=(
+            "Pack several rows into one sequence: auto (where exact and estimated cheaper than padding), "
+            "true (wherever exact), or false (never)."
+        ),
     )
     shard_rows: int | None = Field(
         None, gt=0, description="Cache flush every N rows (besides every ~30 s of work and 64 MiB)."
