@@ -48,7 +48,7 @@ from probes.collection.pooling import (
     validate_rows,
 )
 from probes.collection.spec import collection_spec
-from probes.data.types import Encoded
+from probes.data.types import Encoded, EncodedRows
 from probes.errors import DatasetError
 from probes.models.sites import Site, block_list, parse_sites
 
@@ -163,7 +163,7 @@ class CollectionPlan:
     sites: list[Site]
     poolings: list[str]  # as stored: sorted, so the entry is the same whichever pooling a caller lists first
     out_dtype: torch.dtype
-    encoded: list[Encoded]
+    encoded: EncodedRows  # flat arrays: a driver's memory follows the token count (issue #14)
     ids: list[str]
     spec: dict[str, Any]
     counts: list[int]  # target tokens per row (validate_rows)
@@ -208,7 +208,6 @@ def plan_collection(
     layers_attr = layers_attr or getattr(model, "_probes_layers_attr", None)
     sites = parse_sites(layers, len(block_list(model, layers_attr)))  # type: ignore[arg-type]
     out_dtype = storage_dtype(dtype)
-    # Flat arrays, not a list of tuples: a driver's memory then follows the token count (issue #14).
     encoded = encode_dataset(
         dataset,
         tokenizer,

@@ -178,10 +178,10 @@ def plan_batches(
             if max_tokens is None:
                 take = batch_size
             else:  # within the budget, and no row padded by more than PAD_TOLERANCE of the batch width
-                room = max(1, max_tokens // longest)
+                fit = max(1, max_tokens // longest)
                 shortest = longest * (1 - PAD_TOLERANCE)
                 take = 1
-                while take < room and i + take < n and int(lengths[order[i + take]]) >= shortest:
+                while take < fit and i + take < n and int(lengths[order[i + take]]) >= shortest:
                     take += 1
             batches.append([[int(r)] for r in order[i : i + take]])
             i += take
@@ -207,19 +207,11 @@ def plan_batches(
     return batches
 
 
-def encoded_lengths(encoded: Sequence[Encoded], rows: np.ndarray | None = None) -> np.ndarray:
-    """Every row's length (0 outside ``rows`` when given), without building rows that are held flat."""
+def encoded_lengths(encoded: Sequence[Encoded]) -> np.ndarray:
+    """Every row's length, without building the rows of an :class:`EncodedRows`."""
     if isinstance(encoded, EncodedRows):
-        lengths = encoded.lengths.astype(np.int64)
-        if rows is not None:
-            keep = np.zeros(len(encoded), dtype=bool)
-            keep[rows] = True
-            lengths[~keep] = 0
-        return lengths
-    lengths = np.zeros(len(encoded), dtype=np.int64)
-    rows = np.arange(len(encoded)) if rows is None else rows
-    lengths[rows] = np.fromiter((len(encoded[i]) for i in rows), dtype=np.int64, count=len(rows))
-    return lengths
+        return encoded.lengths
+    return np.fromiter((len(row) for row in encoded), dtype=np.int64, count=len(encoded))
 
 
 def plan_cost(
@@ -263,13 +255,13 @@ def choose_plan(
     packed plan is estimated cheaper (:func:`plan_cost`): packing removes padding but makes each short row of a
     4-D-masked sequence attend over the whole sequence, which on data whose sorted batches pad little costs
     more than it saves (docs/benchmarks.md). ``mode`` is :func:`packing_plan`'s (None: not exact, pad)."""
-    padded = plan_batches(order, lengths, batch_size, max_tokens, False)
     if mode is None or packing is False:
-        return padded, False
+        return plan_batches(order, lengths, batch_size, max_tokens, False), False
     packed = plan_batches(order, lengths, batch_size, max_tokens, True)
-    if packing is True or plan_cost(packed, lengths, mode, per_key) < plan_cost(
-        padded, lengths, None, per_key
-    ):
+    if packing is True:
+        return packed, True
+    padded = plan_batches(order, lengths, batch_size, max_tokens, False)
+    if plan_cost(packed, lengths, mode, per_key) < plan_cost(padded, lengths, None, per_key):
         return packed, True
     return padded, False
 
@@ -314,17 +306,18 @@ def _padded_batch(
     padding_side: str,
     device: torch.device,
 ) -> Batch:
-    width = max(len(encoded[r]) for r in rows)
+    got = [encoded[r] for r in rows]  # once per row: a flat EncodedRows builds each row on access
+    width = max(len(e) for e in got)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     attention = np.zeros((len(rows), width), dtype=np.int64)
     starts = np.zeros(len(rows), dtype=np.int64)
-    for i, r in enumerate(rows):
-        n = len(encoded[r])
+    for i, e in enumerate(got):
+        n = len(e)
         lo = width - n if padding_side == "left" else 0
-        ids[i, lo : lo + n] = encoded[r].input_ids
+        ids[i, lo : lo + n] = e.input_ids
         attention[i, lo : lo + n] = 1
         starts[i] = i * width + lo
-    layout = BatchLayout.build((len(rows), width), starts, [encoded[r] for r in rows], device)
+    layout = BatchLayout.build((len(rows), width), starts, got, device)
     return Batch(
         np.asarray(rows, dtype=np.int64),
         torch.from_numpy(ids).to(device),
@@ -346,7 +339,10 @@ def _packed_batch(
     or, for ``mode="varlen"``, every row in one sequence with restarting positions and no mask."""
     if mode == "varlen":
         seqs = [[r for seq in seqs for r in seq]]
-    width = max(sum(len(encoded[r]) for r in seq) for seq in seqs)
+    got = {
+        r: encoded[r] for seq in seqs for r in seq
+    }  # once per row: a flat EncodedRows builds each on access
+    width = max(sum(len(got[r]) for r in seq) for seq in seqs)
     b = len(seqs)
     ids = np.full((b, width), pad_id, dtype=np.int64)
     positions = np.zeros((b, width), dtype=np.int64)
@@ -358,17 +354,15 @@ def _packed_batch(
     for i, seq in enumerate(seqs):
         at = 0
         for r in seq:
-            n = len(encoded[r])
-            ids[i, at : at + n] = encoded[r].input_ids
+            n = len(got[r])
+            ids[i, at : at + n] = got[r].input_ids
             positions[i, at : at + n] = np.arange(n)
             segment[i, at : at + n] = len(rows)
             rows.append(r)
             starts.append(i * width + at)
             at += n
         positions[i, at:] = np.arange(width - at)
-    layout = BatchLayout.build(
-        (b, width), np.asarray(starts, dtype=np.int64), [encoded[r] for r in rows], device
-    )
+    layout = BatchLayout.build((b, width), np.asarray(starts, dtype=np.int64), [got[r] for r in rows], device)
     mask: torch.Tensor | None = None
     if mode != "varlen":
         seg = torch.from_numpy(segment).to(device)
@@ -570,7 +564,7 @@ def run_rows(
 
         return hook
 
-    lengths = encoded_lengths(encoded, todo)
+    lengths = encoded_lengths(encoded)
     # Longest first and stable, so equal-length rows keep dataset order.
     order = todo[np.argsort(-lengths[todo], kind="stable")]
     mode: str | None = None

@@ -58,7 +58,7 @@ from probes.collection.pooling import (
     storage_dtype,
 )
 from probes.config.engine import EngineConfig
-from probes.data.types import Encoded, EncodedRows
+from probes.data.types import Encoded
 from probes.errors import EngineError
 from probes.models.sites import block_list, parse_sites
 
@@ -147,9 +147,14 @@ def plan_blocks(
     block carries its batches, and the worker runs exactly those, so every forward pass of a Ray run is one
     that the local run does.
     """
-    todo = np.asarray(todo)
     lengths = encoded_lengths(encoded)
-    batches = _engine_plan(lengths, todo, batch_size, max_tokens, packed)
+    return cut_blocks(
+        _engine_plan(lengths, np.asarray(todo), batch_size, max_tokens, packed), lengths, block_tokens
+    )
+
+
+def cut_blocks(batches: list[list[list[int]]], lengths: np.ndarray, block_tokens: int) -> list[Block]:
+    """Cut a plan's batches (in order) into blocks of about ``block_tokens`` tokens of whole batches."""
     blocks: list[Block] = []
     i = 0
     while i < len(batches):
@@ -467,14 +472,12 @@ class RayEngine:
             longest = int(lengths[todo].max())
             worker = self._pool(plan.spec["model"])[0]
             mode = self._ray.get(worker.packing_mode.remote(plan.site_names, longest, packing))
-            # Packed or padded as run_rows would choose for these rows (its cost estimate).
+            # The plan run_rows would make for these rows (its order and its packed-or-padded choice).
             order = todo[np.argsort(-lengths[todo], kind="stable")]
-            _, packed = choose_plan(
+            batches, packed = choose_plan(
                 order, lengths, batch_size, max_tokens, mode, packing, attention_cost_per_key(model)
             )
-            blocks = plan_blocks(
-                plan.encoded, todo, batch_size, self.engine.block_tokens, max_tokens=max_tokens, packed=packed
-            )
+            blocks = cut_blocks(batches, lengths, self.engine.block_tokens)
             summary.blocks = len(blocks)
             self._run_blocks(plan, blocks, cache, tokenizer, packed, padding_side, done, progress, summary)
         if not cache.complete:
@@ -576,7 +579,7 @@ class RayEngine:
         def submit(worker: Any, block: Block) -> Any:
             rows = block.rows
             return worker.run.remote(
-                rows, [plan.ids[i] for i in rows], _rows_of(plan.encoded, rows), block.batches, *static
+                rows, [plan.ids[i] for i in rows], plan.encoded.take(rows), block.batches, *static
             )
 
         def what(block: Block) -> str:
@@ -608,11 +611,6 @@ class RayEngine:
                 bar.set_postfix_str(f"{summary.tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")
         finally:
             bar.close()
-
-
-def _rows_of(encoded: Sequence[Encoded], rows: np.ndarray) -> Sequence[Encoded]:
-    # A block's rows as compact arrays when the plan holds them so (a smaller message than tuples).
-    return encoded.take(rows) if isinstance(encoded, EncodedRows) else [encoded[i] for i in rows]
 
 
 def _cause(exc: Exception) -> str:

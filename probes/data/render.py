@@ -55,7 +55,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from probes.data.types import Encoded, EncodedRows, Example, Message, Target, _RowsBuilder
 from probes.errors import DatasetError, TokenizerError
@@ -512,6 +512,32 @@ def encode(
     return encoded[0]
 
 
+@overload
+def encode_dataset(
+    dataset: ContrastDataset | Sequence[Example],
+    tokenizer: Any,
+    *,
+    max_length: int | None = ...,
+    max_chars: int | None = ...,
+    chat_template: str | None = ...,
+    use_chat_template: UseChatTemplate = ...,
+    progress: bool = ...,
+    batch_size: int = ...,
+    compact: Literal[False] = ...,
+) -> list[Encoded]: ...
+@overload
+def encode_dataset(
+    dataset: ContrastDataset | Sequence[Example],
+    tokenizer: Any,
+    *,
+    max_length: int | None = ...,
+    max_chars: int | None = ...,
+    chat_template: str | None = ...,
+    use_chat_template: UseChatTemplate = ...,
+    progress: bool = ...,
+    batch_size: int = ...,
+    compact: Literal[True],
+) -> EncodedRows: ...
 def encode_dataset(
     dataset: ContrastDataset | Sequence[Example],
     tokenizer: Any,

@@ -124,8 +124,9 @@ class EncodedRows(Sequence[Encoded]):
         """The rows ``rows``, in that order, as a new (compact) EncodedRows."""
         rows = np.asarray(rows, dtype=np.int64)
         lo, hi = self.offsets[rows], self.offsets[rows + 1]
-        idx = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi, strict=True)]) if len(rows) else []
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = np.concatenate(
+            [np.arange(a, b) for a, b in zip(lo, hi, strict=True)] or [np.zeros(0, np.int64)]
+        )
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(hi - lo, out=offsets[1:])
         return EncodedRows(self.ids[idx], self.mask[idx], offsets)
