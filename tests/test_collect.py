@@ -417,3 +417,83 @@ def test_shards_bound_memory_by_row_count(llama, tmp_path: Path) -> None:
     (entry,) = tmp_path.iterdir()
     manifest = json.loads((entry / "manifest.json").read_text())
     assert [s["rows"] for s in manifest["shards"]] == [3, 3, 3]
+
+
+def test_a_shard_from_another_writer_is_listed_only_when_its_hash_and_rows_check(
+    llama, tmp_path: Path
+) -> None:
+    """What a Ray worker writing straight into the cache relies on: ``adopt_shard`` refuses (and deletes) a
+    shard with other rows or changed bytes, lists a good one, and completion deletes unlisted orphans."""
+    from probes.collection.cache import ActivationCache, ShardBuffer, new_shard_name, write_shard_file
+
+    model, tokenizer = llama
+    dataset = make_dataset()
+    reference = collect(model, tokenizer, dataset, [1], "mean", batch_size=2, progress=False)
+    calls = {"n": 0}
+
+    def crash_on_fourth(*_: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+
+    handle = block_list(model)[0].register_forward_pre_hook(crash_on_fourth)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            collect(model, tokenizer, dataset, [1], "mean", batch_size=2, shard_rows=4, cache_dir=tmp_path)
+    finally:
+        handle.remove()
+    (entry,) = tmp_path.iterdir()
+    cache = ActivationCache(entry, json.loads((entry / "manifest.json").read_text()))
+    todo = np.flatnonzero(~cache.done_rows())
+    assert len(todo) == 4
+
+    def write(rows: np.ndarray) -> dict:
+        buffer = ShardBuffer(cache.keys)
+        buffer.add(torch.from_numpy(rows), {"layers.1/mean": reference["layers.1"][rows]}, None)
+        return write_shard_file(entry, buffer, key=cache.manifest["key"], name=new_shard_name())
+
+    listed = len(cache.manifest["shards"])
+    dims = {"layers.1/mean": int(reference["layers.1"].shape[-1])}
+    wrong = write(todo[:3])
+    with pytest.raises(CacheError, match="other rows"):
+        cache.adopt_shard(wrong, dims, todo)
+    assert not (entry / wrong["file"]).exists()
+    changed = write(todo)
+    data = bytearray((entry / changed["file"]).read_bytes())
+    data[-1] ^= 1
+    (entry / changed["file"]).write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="sha256"):
+        cache.adopt_shard(changed, dims, todo)
+    assert not (entry / changed["file"]).exists()
+    assert len(cache.manifest["shards"]) == listed  # nothing refused was listed
+
+    good = write(todo)
+    orphan = write(todo)  # a writer killed before reporting it: never listed
+    (entry / ".shard-0000.safetensors.x.tmp").write_bytes(b"half")
+    cache.adopt_shard(good, dims, todo)
+    done = collect(model, tokenizer, dataset, [1], "mean", batch_size=2, cache_dir=tmp_path, progress=False)
+    assert (done["layers.1"] - reference["layers.1"]).abs().max() <= TOL
+    assert sorted(p.name for p in entry.iterdir()) == ["data.safetensors", "manifest.json", "verified.json"]
+    assert not (entry / orphan["file"]).exists()
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 5000, 2**30])
+def test_compaction_in_row_chunks_writes_every_row_in_place(
+    llama, tmp_path: Path, monkeypatch, chunk_bytes
+) -> None:
+    """Compaction writes each shard in chunks of rows (so RSS stays flat); with one row per chunk, a few
+    rows, or the whole shard, the data file holds every row and token where it belongs."""
+    import probes.collection.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "COMPACT_CHUNK_BYTES", chunk_bytes)
+    model, tokenizer = llama
+    dataset = make_dataset()
+    args = (model, tokenizer, dataset, [1, 3], ["mean", "tokens"])
+    memory = collect(*args, batch_size=3, progress=False)
+    cached = collect(*args, batch_size=3, shard_rows=4, cache_dir=tmp_path, progress=False)
+    (entry,) = tmp_path.iterdir()
+    assert json.loads((entry / "manifest.json").read_text())["shards"][0]["file"] == "data.safetensors"
+    for site in ("layers.1", "layers.3"):
+        assert torch.equal(cached.pooled("mean")[site], memory.pooled("mean")[site])
+        got, want = cached.pooled("tokens")[site], memory.pooled("tokens")[site]
+        assert torch.equal(got.offsets, want.offsets) and torch.equal(got.values, want.values)

@@ -348,3 +348,32 @@ def test_slow_tokenizer_is_refused() -> None:
     assert tok.is_fast is False
     with pytest.raises(TokenizerError, match="slow"):
         encode(Example(id="x", label=1, text="hello"), tok)
+
+
+def test_whole_text_bpe_cache_is_off_only_where_texts_are_words(stories, minilm) -> None:
+    """The BPE word cache is turned off while a dataset encodes only where each text is one "word" (it
+    would hold every row's merges and never hit); word-splitting tokenizers keep it; tokens are unchanged."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from probes.data.render import whole_text_cache_off, whole_texts_are_words
+
+    def bpe(pre) -> PreTrainedTokenizerFast:
+        vocab = {c: i for i, c in enumerate("abcĠ▁ ")}
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        backend.pre_tokenizer = pre
+        return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+    assert whole_texts_are_words(stories)  # no pre-tokenizer: a row is one word
+    assert whole_texts_are_words(bpe(pre_tokenizers.Metaspace(split=False)))
+    assert not whole_texts_are_words(bpe(pre_tokenizers.ByteLevel(add_prefix_space=False)))  # GPT-2 style
+    assert not whole_texts_are_words(bpe(pre_tokenizers.Metaspace(split=True)))
+    assert not whole_texts_are_words(minilm)  # WordPiece: no BPE cache
+    rows = [
+        Example(id=f"r{i}", label=i % 2, text=f"Row {i} says something {i * 7} times.") for i in range(40)
+    ]
+    ds = ContrastDataset(rows, CARD)
+    with whole_text_cache_off(stories):
+        inside = [stories(ex.text)["input_ids"] for ex in ds]
+    after = encode_dataset(ds, stories, batch_size=7)
+    assert [list(e.input_ids) for e in after] == inside == [stories(ex.text)["input_ids"] for ex in ds]

@@ -231,6 +231,24 @@ def test_tokens_pooling_bit_identical_both_ways(collector: RayEngine, stories, t
     assert again.rows_computed == 0 and again.blocks == 0
 
 
+def test_workers_and_driver_write_the_same_entry(collector: RayEngine, stories, tmp_path: Path) -> None:
+    _, model, tokenizer = stories
+    ds = mixed_dataset(80, seed=4)
+    args = (model, tokenizer, ds, [2, "final_norm"], ["mean", "tokens"])
+    kwargs = dict(batch_size=4, max_length=128, progress=False)
+    by_workers = collector.fill(*args, cache_dir=tmp_path / "w", **kwargs)
+    engine = collector.engine
+    collector.engine = engine.model_copy(update={"shard_writer": "driver"})
+    try:
+        by_driver = collector.fill(*args, cache_dir=tmp_path / "d", **kwargs)
+    finally:
+        collector.engine = engine
+    assert (by_workers.shard_writer, by_driver.shard_writer) == ("workers", "driver")
+    assert by_workers.blocks == by_driver.blocks > 1
+    written = [manifest(f)["shards"] for f in (by_workers.folder, by_driver.folder)]
+    assert written[0] == written[1]  # one compacted data file, the same sha256 and size
+
+
 def test_killed_worker_is_restarted_and_nothing_is_lost_or_duplicated(
     collector: RayEngine, stories, tmp_path: Path
 ) -> None:
@@ -269,9 +287,12 @@ def test_killed_worker_is_restarted_and_nothing_is_lost_or_duplicated(
     summary = out["summary"]
     assert summary.worker_pids - set(before), "no block ran on a restarted worker"
     assert before[0] not in collector.worker_pids()
+    assert summary.shard_writer == "workers"  # on one machine every worker sees the cache folder
     (entry,) = cache.iterdir()
     m = manifest(entry)
     assert m["complete"] and m["rows_done"] == 600
+    # A shard the killed worker wrote but never reported is deleted when the entry completes.
+    assert sorted(p.name for p in entry.iterdir()) == ["data.safetensors", "manifest.json", "verified.json"]
     opened = ActivationCache(entry, m)
     rows = np.concatenate([r.numpy() for r, _, _ in opened.iter_shards()])  # validates: no duplicates
     assert np.array_equal(np.sort(rows), np.arange(600))

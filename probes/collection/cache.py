@@ -11,7 +11,8 @@ Layout of one cache entry (``cache_dir/<key>/``)::
 
 Every file is written to a temporary name in the same folder, fsynced and moved into place with
 ``os.replace``, so a reader never sees half a file. A shard counts only once the manifest lists it: a crash
-between writing a shard and updating the manifest leaves an orphan that is never read. Rows of a shard are in
+between writing a shard and updating the manifest leaves an orphan that is never read (and is deleted when
+the entry completes). Rows of a shard are in
 the order they were computed (length-sorted); ``row_index`` maps them back. When the last row is in,
 :meth:`ActivationCache.mark_complete` compacts the shards into one dataset-order file, which
 :meth:`ActivationCache.load_mapped` memory-maps: a result larger than RAM is usable as ordinary tensors.
@@ -23,7 +24,8 @@ and refused with :class:`~probes.errors.CacheError` naming the shard and the fix
 checksums) are refused; new collections never look for them, because the cache key changed with the format.
 
 Writers: one process owns the manifest (:meth:`ActivationCache.add_shard`); shard files may come from any
-process (:func:`write_shard_file` with a unique name from :func:`new_shard_name`), e.g. Ray workers.
+process (:func:`write_shard_file` with a unique name from :func:`new_shard_name`), e.g. Ray workers; the
+owner lists such a shard with :meth:`ActivationCache.adopt_shard`, which checks its hash and rows first.
 There is no lock: run one collection per entry at a time. Concurrent runs duplicate work and may leave an
 entry that fails validation; that raises :class:`~probes.errors.CacheError` (delete the folder, rerun) and
 never returns wrong rows silently.
@@ -36,6 +38,7 @@ import hashlib
 import json
 import mmap
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -53,6 +56,8 @@ OLD_FORMATS = ("probes-activation-cache/1",)
 MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 DATA_FILE = "data.safetensors"
+# Compaction dirties at most this many bytes of the data file's pages before dropping them from RSS.
+COMPACT_CHUNK_BYTES = 4 * 2**20
 OFFSETS = "offsets"
 ROW_INDEX = "row_index"
 
@@ -439,6 +444,40 @@ class ActivationCache:
             # Hashed when it was written: record it, so the first read takes the fast path.
             self._record_verified(record["file"], record["sha256"], path)
 
+    def adopt_shard(self, record: dict[str, Any], dims: dict[str, int], rows: np.ndarray) -> None:
+        """List a shard another process wrote into this folder (:func:`write_shard_file`), once it is checked.
+
+        The file must hash to the record's sha256 (streamed: memory stays flat) and hold exactly ``rows``, the
+        dataset positions the writer was given; otherwise it is deleted and :class:`CacheError` says why. The
+        entry then holds each row once, whatever the writer did.
+        """
+        from safetensors import safe_open
+
+        name = str(record.get("file", ""))
+        if "/" in name or not name.startswith("shard-") or not name.endswith(".safetensors"):
+            raise CacheError(f"adopt_shard: {name!r} is not a shard name from new_shard_name().")
+        path = self.folder / name
+        problem = None
+        if not path.is_file():
+            problem = "is missing: the writer does not see this folder (is it on a shared file system?)"
+        elif path.stat().st_size != int(record.get("bytes", -1)):
+            problem = f"is {path.stat().st_size} bytes, but its writer reported {record.get('bytes')}"
+        elif _sha256_file(path) != record.get("sha256"):
+            problem = "does not hash to the sha256 its writer reported"
+        else:
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    got = fh.get_tensor(ROW_INDEX).numpy()
+            except Exception as exc:  # noqa: BLE001 - an unreadable shard is refused like a wrong one
+                problem = f"cannot be read ({exc})"
+            else:
+                if not np.array_equal(np.sort(got), np.sort(np.asarray(rows, dtype=np.int64))):
+                    problem = f"holds other rows than the {len(rows)} its writer was given"
+        if problem is not None:
+            path.unlink(missing_ok=True)
+            raise CacheError(f"Cache shard {path} {problem}; it was not listed in {self.folder / MANIFEST}.")
+        self.add_shard(record, dims)
+
     def write_shard(self, buffer: ShardBuffer, dims: dict[str, int]) -> dict[str, Any] | None:
         """Write ``buffer`` as the next shard, then list it in the manifest (each step an atomic rename)."""
         if buffer.n_rows == 0:
@@ -465,6 +504,16 @@ class ActivationCache:
                 if name != DATA_FILE:
                     (self.folder / name).unlink(missing_ok=True)
                     self._verified_records().pop(name, None)
+            self._remove_unlisted()
+
+    def _remove_unlisted(self) -> None:
+        """Delete shard files and temporaries no manifest lists: orphans of a writer killed between writing a
+        shard and its listing (a Ray worker restarted mid-block), which a complete entry never reads."""
+        listed = {str(e["file"]) for e in self.manifest["shards"]}
+        stale = [*self.folder.glob("shard-*.safetensors"), *self.folder.glob(".shard-*.tmp")]
+        for path in [*stale, *self.folder.glob(".probe-*")]:
+            if path.name not in listed:
+                path.unlink(missing_ok=True)
 
     def _compact(self) -> dict[str, Any]:
         """Stream every shard into ``data.safetensors`` in dataset order (RAM: one shard at a time)."""
@@ -513,6 +562,12 @@ class ActivationCache:
                 lo, hi = header[name]["data_offsets"]
                 return mapped[start + lo : start + hi].reshape(-1, row_bytes)
 
+            def drop() -> None:
+                # Linux: unmapping written pages of a shared file mapping keeps their data in the page
+                # cache (dirty, written back later; the fsync below makes it durable), so no flush is needed.
+                if sys.platform.startswith("linux") and hasattr(mmap, "MADV_DONTNEED"):
+                    view.madvise(mmap.MADV_DONTNEED)
+
             def release() -> None:
                 # Written pages go to the file, then out of this process's resident set (the page cache
                 # keeps them): compacting a large entry does not grow RSS with its size.
@@ -526,22 +581,39 @@ class ActivationCache:
             release()
             for rows, feats, shard_offsets in self.iter_shards():
                 rows_np = rows.numpy()
-                token_index: np.ndarray | None = None
+                n_tok = np.diff(shard_offsets.numpy()) if shard_offsets is not None else None
+                if self.has_tokens and n_tok is None:
+                    raise CacheError(f"Cache shard of {self.folder} lacks token offsets.")
+                first_tok = np.concatenate([[0], np.cumsum(n_tok)]) if n_tok is not None else None
+                values = {k: feats[k].contiguous().view(torch.uint8).numpy() for k in self.keys}
+                row_bytes = {k: dims[k] * itemsize for k in self.keys}
+                # A shard's rows land all over the data file (they are length-sorted, the file is in dataset
+                # order): written in chunks of rows that dirty at most COMPACT_CHUNK_BYTES of pages, each
+                # dropped from the resident set before the next, RSS stays flat however large the entry.
+                cost = np.zeros(len(rows_np), dtype=np.int64)
                 for key in self.keys:
-                    value = feats[key].contiguous().view(torch.uint8).numpy()
-                    dest = region(key, dims[key] * itemsize)
-                    if _is_token_key(key):
-                        if token_index is None and shard_offsets is not None:
-                            n_tok = np.diff(shard_offsets.numpy())
-                            base = np.repeat(offsets[rows_np] - (np.cumsum(n_tok) - n_tok), n_tok)
-                            token_index = base + np.arange(int(n_tok.sum()), dtype=np.int64)
-                        if token_index is None:
-                            raise CacheError(f"Cache shard of {self.folder} lacks token offsets.")
-                        dest[token_index] = value.reshape(len(token_index), -1)
-                    else:
-                        dest[rows_np] = value.reshape(len(rows_np), -1)
-                # The shard's tensors go before the next one loads; `dest` is an export of the map.
-                del feats, value, dest
+                    per_row = n_tok if _is_token_key(key) and n_tok is not None else 1
+                    cost += per_row * row_bytes[key] + mmap.PAGESIZE
+                cut = np.searchsorted(
+                    np.cumsum(cost),
+                    np.arange(1, 1 + int(cost.sum()) // COMPACT_CHUNK_BYTES) * COMPACT_CHUNK_BYTES,
+                )
+                bounds = np.unique(np.concatenate([[0], cut, [len(rows_np)]]))
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                    for key in self.keys:
+                        dest = region(key, row_bytes[key])
+                        if _is_token_key(key) and n_tok is not None and first_tok is not None:
+                            lo, hi = int(first_tok[a]), int(first_tok[b])
+                            start_in_file = offsets[rows_np[a:b]] - first_tok[a:b]
+                            index = np.repeat(start_in_file, n_tok[a:b]) + np.arange(lo, hi, dtype=np.int64)
+                            dest[index] = values[key][lo:hi].reshape(hi - lo, -1)
+                        else:
+                            dest[rows_np[a:b]] = values[key][a:b].reshape(b - a, -1)
+                        del dest
+                    if b < len(rows_np):
+                        drop()
+                # The shard's tensors go before the next one loads; `values` hold exports of its map.
+                del feats, values, rows, rows_np
                 release()
             del mapped, region  # the buffer's exports, so the map can close
             view.close()

@@ -13,12 +13,17 @@ How a Ray collection runs
 3. ``engine.workers`` actors each load the model once with :func:`probes.load_model` (on their own device:
    Ray gives an actor with ``gpus_per_worker: 1`` its own GPU) and run
    :func:`~probes.collection.engine.run_rows`, the local engine, on one block at a time.
-4. The driver writes each finished block as one shard with the cache's own writer
-   (:meth:`ActivationCache.write_shard`: atomic rename, then the manifest) and drops it. At most two blocks
-   per worker are in flight, so the driver's memory does not grow with the dataset, and workers need no
-   shared file system.
+4. Each finished block becomes one shard of the cache entry (atomic rename), listed in the manifest by the
+   driver. Where every worker sees the cache folder (one machine, or a shared mount: ``engine.shard_writer:
+   auto`` checks with a probe file) the worker writes the shard itself and returns only its record; the
+   driver checks the file's sha256 and rows (:meth:`ActivationCache.adopt_shard`) and lists it, so no
+   feature passes through the driver. Otherwise the features travel back through Ray's object store and the
+   driver writes the shard (:meth:`ActivationCache.write_shard`); workers then need no shared file system.
+   At most two blocks per worker are in flight either way, so the driver's memory does not grow with the
+   dataset.
 5. Faults: Ray restarts a killed actor (``max_restarts``) and re-runs the blocks it held
-   (``max_task_retries``); a block lands in the entry once, when the driver writes it. An exception inside a
+   (``max_task_retries``); a block lands in the entry once, when the driver lists it (a shard a killed
+   worker wrote but never reported is an orphan, deleted when the entry completes). An exception inside a
    worker is not retried: the run stops with the worker's error and the block's row ids. Either way, and on
    Ctrl-C, the entry keeps every block written so far and the next run computes only the rest.
 
@@ -43,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 import torch
 
-from probes.collection.cache import ShardBuffer
+from probes.collection.cache import ShardBuffer, new_shard_name, write_shard_file
 from probes.collection.collect import CollectionPlan, plan_collection
 from probes.collection.engine import (
     attention_cost_per_key,
@@ -170,6 +175,16 @@ def cut_blocks(batches: list[list[list[int]]], lengths: np.ndarray, block_tokens
     return blocks
 
 
+@dataclass(frozen=True)
+class ShardTarget:
+    """Where a worker writes its block's shard: the cache entry's folder, key and feature keys."""
+
+    folder: str
+    key: str
+    keys: list[str]
+    token_keys: list[str]
+
+
 @dataclass
 class RaySummary:
     """What one :meth:`RayEngine.fill` did."""
@@ -182,6 +197,8 @@ class RaySummary:
     tokens: int
     seconds: float
     worker_pids: set[int] = field(default_factory=set)
+    # Who wrote the shards: "workers" (straight into the cache folder) or "driver".
+    shard_writer: str = ""
 
 
 class _Worker:
@@ -214,6 +231,13 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
+    def sees(self, path: str, token: str) -> bool:
+        """Whether this worker reads ``token`` in the file at ``path`` (the driver's probe of a shared folder)."""
+        try:
+            return Path(path).read_text() == token
+        except OSError:
+            return False
+
     def packing_mode(self, sites: list[str], longest: int, packing: bool | str) -> str | None:
         """How the engine can pack rows on this worker's model and device (its one-off self-check), or None."""
         from probes.collection.engine import _Runner, input_device, packing_plan
@@ -242,7 +266,10 @@ class _Worker:
         pad_id: int,
         padding_side: str,
         out_dtype: str,
+        shard_to: ShardTarget | None = None,
     ) -> dict[str, Any]:
+        """Run the block; return its features, or with ``shard_to`` write them as a shard there and return
+        the shard's record (then only a few hundred bytes travel back to the driver)."""
         from probes.collection.engine import eval_mode, input_device, run_rows
 
         parsed = parse_sites(sites, len(block_list(self.model, self.layers_attr)))
@@ -268,12 +295,19 @@ class _Worker:
             )
         local = torch.cat([p[0] for p in parts])
         keys = list(parts[0][1])
-        return {
+        result: dict[str, Any] = {
             "rows": torch.from_numpy(np.array(rows, dtype=np.int64))[local],
             "features": {k: torch.cat([p[1][k] for p in parts]) for k in keys},
             "counts": torch.cat([p[2] for p in parts]),
             "pid": os.getpid(),
         }
+        if shard_to is None:
+            return result
+        buffer = ShardBuffer(shard_to.keys, shard_to.token_keys)
+        buffer.add(result["rows"], result["features"], result["counts"])
+        dims = {k: int(v.shape[-1]) for k, v in result["features"].items()}
+        record = write_shard_file(shard_to.folder, buffer, key=shard_to.key, name=new_shard_name())
+        return {"record": record, "dims": dims, "pid": os.getpid()}
 
     def generate(
         self, prompts: list[list[int]], b_index: int, sampling: Any, pad_id: int, eos_ids: list[int]
@@ -479,7 +513,11 @@ class RayEngine:
             )
             blocks = cut_blocks(batches, lengths, self.engine.block_tokens)
             summary.blocks = len(blocks)
-            self._run_blocks(plan, blocks, cache, tokenizer, packed, padding_side, done, progress, summary)
+            target = self._shard_target(plan, cache)
+            summary.shard_writer = "driver" if target is None else "workers"
+            self._run_blocks(
+                plan, blocks, cache, tokenizer, packed, padding_side, done, progress, summary, target
+            )
         if not cache.complete:
             if not cache.done_rows().all():
                 raise EngineError(
@@ -488,6 +526,39 @@ class RayEngine:
             cache.mark_complete()
         summary.seconds = time.perf_counter() - start
         return summary
+
+    def _shard_target(self, plan: CollectionPlan, cache: Any) -> ShardTarget | None:
+        """Where workers write shards (``engine.shard_writer``), or None when the driver writes them.
+
+        ``auto`` writes a probe file with a random token into the cache folder and asks every worker to read
+        it at the same path: only a folder every worker sees (one machine, or a shared mount) gets shards
+        from the workers.
+        """
+        mode = self.engine.shard_writer
+        if mode == "driver":
+            return None
+        import uuid
+
+        token = uuid.uuid4().hex
+        probe = Path(cache.folder) / f".probe-{token}"
+        probe.write_text(token)
+        try:
+            workers = self._pool(plan.spec["model"])
+            seen = self._ray.get([w.sees.remote(str(probe), token) for w in workers])
+        finally:
+            probe.unlink(missing_ok=True)
+        if not all(seen):
+            if mode == "workers":
+                raise EngineError(
+                    f"engine.shard_writer=workers, but {seen.count(False)} of {len(seen)} workers cannot see "
+                    f"the cache folder {cache.folder}: put cache_dir on a file system every node mounts at "
+                    "the same path, or set shard_writer: driver (or auto)."
+                )
+            return None
+        keys = list(plan.keys)
+        return ShardTarget(
+            str(cache.folder), str(cache.manifest["key"]), keys, [k for k in keys if k.endswith("/tokens")]
+        )
 
     def _stream(
         self,
@@ -564,6 +635,7 @@ class RayEngine:
         done: np.ndarray,
         progress: bool,
         summary: RaySummary,
+        target: ShardTarget | None = None,
     ) -> None:
         from tqdm.auto import tqdm
 
@@ -579,7 +651,7 @@ class RayEngine:
         def submit(worker: Any, block: Block) -> Any:
             rows = block.rows
             return worker.run.remote(
-                rows, [plan.ids[i] for i in rows], plan.encoded.take(rows), block.batches, *static
+                rows, [plan.ids[i] for i in rows], plan.encoded.take(rows), block.batches, *static, target
             )
 
         def what(block: Block) -> str:
@@ -601,11 +673,15 @@ class RayEngine:
         try:
             # Longest rows first, as the local engine runs them.
             for block, result in self._stream(plan.spec["model"], blocks, submit, what):
-                buffer = ShardBuffer(plan.keys, [k for k in plan.keys if k.endswith("/tokens")])
-                buffer.add(result["rows"], result["features"], result["counts"])
-                cache.write_shard(buffer, {s: int(v.shape[-1]) for s, v in result["features"].items()})
+                if "record" in result:  # the worker wrote the shard: check it, then list it
+                    cache.adopt_shard(result["record"], result["dims"], block.rows)
+                else:
+                    buffer = ShardBuffer(plan.keys, [k for k in plan.keys if k.endswith("/tokens")])
+                    buffer.add(result["rows"], result["features"], result["counts"])
+                    cache.write_shard(buffer, {s: int(v.shape[-1]) for s, v in result["features"].items()})
+                    del buffer
                 summary.worker_pids.add(int(result["pid"]))
-                del result, buffer
+                del result
                 summary.tokens += block.tokens
                 bar.update(len(block.rows))
                 bar.set_postfix_str(f"{summary.tokens / max(time.perf_counter() - started, 1e-9):,.0f} tok/s")

@@ -35,6 +35,16 @@ class EngineConfig(Strict):
     block_tokens: int = Field(
         65536, gt=0, description="Ray only: token budget of one block (one task, one cache shard)."
     )
+    shard_writer: Literal["auto", "workers", "driver"] = Field(
+        "auto",
+        description=(
+            "Ray only: who writes each block's cache shard. 'workers': the worker that computed it, straight "
+            "into the cache folder (needs the folder on a file system every worker sees, as on one machine "
+            "or a shared mount); the driver lists it after checking its hash and rows, and holds no features. "
+            "'driver': results travel back through Ray's object store and the driver writes them. 'auto': "
+            "workers when every worker sees the cache folder (checked with a probe file), else driver."
+        ),
+    )
     connect_timeout_s: float = Field(
         10.0, gt=0, description="Ray only: give up on an unreachable address after this many seconds."
     )
