@@ -13,8 +13,10 @@ Times exclude loading the model (and starting the actors, reported beside), incl
 forward passes and writing the cache. Scaling efficiency = (ray x2 rows/s) / (ray x1 rows/s) / 2;
 Ray-1 overhead = ray x1 seconds / local seconds (target <= 1.10).
 Part 2 -- driver peak RSS growth (sampled every 5 ms, over the RSS before the call) while Ray fills a cache
-with pooled features of 3 sites of d=768 (a 2-block model, rows of 8-48 tokens), for 2,000 and 20,000 rows;
-beside it the same for the local engine, whose result holds every row's features in RAM.
+with pooled features of 3 sites of d=768 (a 2-block model, rows of 8-48 tokens), for 2,000 and 20,000 rows:
+with the workers writing the shards into the cache folder (``shard_writer: auto`` on one machine) and with
+the driver writing them (``shard_writer: driver``, the path for workers that do not see the folder); beside
+it the same for the local engine, whose result holds every row's features in RAM.
 
 All runs happen in one process on one local Ray cluster (``ray.init(num_cpus=2)``); ratios are the point.
 """
@@ -224,7 +226,10 @@ def main() -> None:
     folder2 = save_model(work / "model2", 2)
     source2 = ModelSource(str(folder2))
     model2, _ = source2.load()
-    print(f"{'rows':>7} {'tokens':>9} {'ray driver MiB':>15} {'local MiB':>10} {'features MiB':>13}")
+    print(
+        f"{'rows':>7} {'tokens':>9} {'ray, workers write':>19} {'ray, driver writes':>19} {'local':>8} "
+        f"{'features':>9}   (MiB)"
+    )
     engine = EngineConfig(kind="ray", workers=2, cpus_per_worker=1, block_tokens=16384)
     with RayEngine(source2, engine) as rc:
         rc.start(model2)
@@ -239,6 +244,15 @@ def main() -> None:
                 summary = rc.fill(
                     model2, tokenizer, big, [0, 1, 2], "mean", cache_dir=work / f"rss{n}", **kwargs
                 )
+            assert summary.shard_writer == "workers", summary.shard_writer
+            rc.engine = engine.model_copy(update={"shard_writer": "driver"})
+            gc.collect()
+            with PeakRSS() as driver_rss:
+                by_driver = rc.fill(
+                    model2, tokenizer, big, [0, 1, 2], "mean", cache_dir=work / f"rss{n}-d", **kwargs
+                )
+            rc.engine = engine
+            assert by_driver.shard_writer == "driver", by_driver.shard_writer
             gc.collect()
             with PeakRSS() as local_rss:
                 acts = probes.collect(model2, tokenizer, big, [0, 1, 2], "mean", cache_dir=None, **kwargs)
@@ -246,7 +260,8 @@ def main() -> None:
             del acts
             feats = n * 768 * 3 * 4 / 2**20
             print(
-                f"{n:>7} {tokens:>9} {ray_rss.growth_mib:>15.1f} {local_rss.growth_mib:>10.1f} {feats:>13.1f}"
+                f"{n:>7} {tokens:>9} {ray_rss.growth_mib:>19.1f} {driver_rss.growth_mib:>19.1f} "
+                f"{local_rss.growth_mib:>8.1f} {feats:>9.1f}"
             )
     ray.shutdown()
 

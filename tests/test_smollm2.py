@@ -126,16 +126,31 @@ def test_the_monitor_on_a_real_chat_model_scores_exactly_and_stops_at_the_firing
         probe, model=model, layer=15, name="d", threshold=1e9, label_names=["a", "b"]
     )
     watch = Monitor(bundle, smoothing="none")
-    with torch.no_grad(), watch.attach(model, tokenizer=tok):
-        out = model.generate(**ids, **watch.generate_kwargs(), **kw)
+    seen: list[torch.Tensor] = []  # layers.15 = the output of block 14, as generate computes it step by step
+
+    def keep(_m, _args, output) -> None:
+        seen.append((output[0] if isinstance(output, tuple) else output)[0].detach().clone())
+
+    handle = model.model.layers[14].register_forward_hook(keep)
+    try:
+        with torch.no_grad(), watch.attach(model, tokenizer=tok):
+            out = model.generate(**ids, **watch.generate_kwargs(), **kw)
+    finally:
+        handle.remove()
     assert torch.equal(out, plain)  # a monitor that does not fire changes nothing
     (row,) = watch.trace.rows
-    with torch.inference_mode():
-        hidden = model(input_ids=plain, output_hidden_states=True).hidden_states[15][0]
-    expected = probe.decision_function(hidden.numpy())
+    # The monitor's arithmetic, exactly: the probe on the hidden states generate fed it (KV-cached steps).
+    expected = probe.decision_function(torch.cat(seen).numpy())
     scored = ~np.isnan(row.score[:, 0])
     assert scored.sum() >= 5  # the reply ("The capital of France is Paris.") up to its last fed token
     assert np.abs(row.score[scored, 0] - expected[row.positions[scored]]).max() <= TOL
+    # And those hidden states are the model's: one full forward over the same tokens agrees to float32
+    # rounding (cached decoding sums in another order; scores here reach ~90, so relative 1e-5).
+    with torch.inference_mode():
+        full = model(input_ids=plain, output_hidden_states=True).hidden_states[15][0]
+    np.testing.assert_allclose(
+        expected, probe.decision_function(full[: len(expected)].numpy()), rtol=1e-5, atol=1e-3
+    )
 
     # Now a threshold some generated token exceeds: generation stops exactly there, then <|im_end|>.
     scores = row.score[scored, 0]

@@ -567,8 +567,8 @@ class RayEngine:
         submit: Callable[[Any, T], Any],
         what: Callable[[T], str],
     ) -> Iterator[tuple[T, Any]]:
-        """Run ``tasks`` in order over the pool, at most :data:`IN_FLIGHT` per worker; yield ``(task, result)``
-        as each finishes. A failed task raises :class:`EngineError` saying ``what(task)`` it was; on any exit
+        """Run ``tasks`` in order over the pool, at most :data:`IN_FLIGHT` per worker (one in the tail, where
+        the next idle worker takes each remaining task); yield ``(task, result)`` as each finishes. A failed task raises :class:`EngineError` saying ``what(task)`` it was; on any exit
         before the end (an error, Ctrl-C in the consumer) the tasks still in flight are cancelled."""
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -577,13 +577,22 @@ class RayEngine:
         queue = list(reversed(tasks))
         in_flight: dict[Any, tuple[T, int]] = {}
         busy = [0] * len(workers)
+
+        def top_up() -> None:
+            # A second (queued) task per worker hides the round trip between two tasks; in the tail, with
+            # no more tasks left than workers, a task waits here for the first worker to go idle instead,
+            # so no worker ends with two blocks while another has none.
+            while queue and min(busy) < IN_FLIGHT:
+                w = int(np.argmin(busy))
+                if busy[w] and len(queue) <= len(workers):
+                    return
+                task = queue.pop()
+                in_flight[submit(workers[w], task)] = (task, w)
+                busy[w] += 1
+
         try:
-            while queue or in_flight:
-                while queue and min(busy) < IN_FLIGHT:
-                    w = int(np.argmin(busy))
-                    task = queue.pop()
-                    in_flight[submit(workers[w], task)] = (task, w)
-                    busy[w] += 1
+            top_up()
+            while in_flight:
                 [ref], _ = ray.wait(list(in_flight), num_returns=1)
                 task, w = in_flight.pop(ref)
                 busy[w] -= 1
@@ -591,6 +600,7 @@ class RayEngine:
                     result = ray.get(ref)
                 except (RayTaskError, RayActorError) as exc:
                     raise EngineError(f"A Ray worker failed on {what(task)}: {_cause(exc)}") from None
+                top_up()  # before the consumer writes this result: the worker starts its next task now
                 yield task, result
         finally:
             for ref in in_flight:
