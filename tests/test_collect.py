@@ -84,6 +84,24 @@ def count_block_calls(model: nn.Module) -> Iterator[list[int]]:
             h.remove()
 
 
+@contextmanager
+def interrupted_at_pass(model: nn.Module, n: int) -> Iterator[None]:
+    """Ctrl-C in the ``n``-th forward pass (a pre-hook on block 0): the body must raise KeyboardInterrupt."""
+    calls = {"n": 0}
+
+    def interrupt(*_: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    handle = block_list(model)[0].register_forward_pre_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        handle.remove()
+
+
 def all_hooks(model: nn.Module) -> dict[str, int]:
     out = {}
     for name, m in model.named_modules():
@@ -279,21 +297,8 @@ def test_resume_after_crash_recomputes_only_missing_rows(llama, tmp_path: Path, 
     reference = collect(model, tokenizer, dataset, [1, 4], pooling, batch_size=2, progress=False)
 
     # Crash in the forward pass of the 4th batch: 3 batches (6 rows) are done.
-    calls = {"n": 0}
-
-    def crash_on_fourth(*_: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-
-    handle = block_list(model)[0].register_forward_pre_hook(crash_on_fourth)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            collect(
-                model, tokenizer, dataset, [1, 4], pooling, batch_size=2, shard_rows=4, cache_dir=tmp_path
-            )
-    finally:
-        handle.remove()
+    with interrupted_at_pass(model, 4):
+        collect(model, tokenizer, dataset, [1, 4], pooling, batch_size=2, shard_rows=4, cache_dir=tmp_path)
     (entry,) = tmp_path.iterdir()
     manifest = json.loads((entry / "manifest.json").read_text())
     assert not manifest["complete"] and manifest["rows_done"] == 6  # one full shard + the flushed remainder
@@ -354,19 +359,8 @@ def test_flipped_data_byte_is_refused_naming_the_shard(llama, tmp_path: Path, pa
     model, tokenizer = llama
     dataset = make_dataset(6)
     if partial:  # an interrupted entry: the flipped byte is in a shard a resumed run would read
-        calls = {"n": 0}
-
-        def crash_on_third(*_: object) -> None:
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-
-        handle = block_list(model)[0].register_forward_pre_hook(crash_on_third)
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                collect(model, tokenizer, dataset, [1], batch_size=2, cache_dir=tmp_path, progress=False)
-        finally:
-            handle.remove()
+        with interrupted_at_pass(model, 3):
+            collect(model, tokenizer, dataset, [1], batch_size=2, cache_dir=tmp_path, progress=False)
     else:
         collect(model, tokenizer, dataset, [1], batch_size=2, cache_dir=tmp_path, progress=False)
     (entry,) = tmp_path.iterdir()
@@ -399,21 +393,10 @@ def test_checksum_is_checked_once_then_recorded(llama, tmp_path: Path, monkeypat
 def test_shards_bound_memory_by_row_count(llama, tmp_path: Path) -> None:
     model, tokenizer = llama
     dataset = make_dataset()
-    calls = {"n": 0}
-
-    def crash_on_last(*_: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == len(dataset):
-            raise KeyboardInterrupt
-
-    handle = block_list(model)[0].register_forward_pre_hook(crash_on_last)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            collect(
-                model, tokenizer, dataset, [2], batch_size=1, shard_rows=3, cache_dir=tmp_path, progress=False
-            )
-    finally:
-        handle.remove()
+    with interrupted_at_pass(model, len(dataset)):
+        collect(
+            model, tokenizer, dataset, [2], batch_size=1, shard_rows=3, cache_dir=tmp_path, progress=False
+        )
     (entry,) = tmp_path.iterdir()
     manifest = json.loads((entry / "manifest.json").read_text())
     assert [s["rows"] for s in manifest["shards"]] == [3, 3, 3]
@@ -429,19 +412,8 @@ def test_a_shard_from_another_writer_is_listed_only_when_its_hash_and_rows_check
     model, tokenizer = llama
     dataset = make_dataset()
     reference = collect(model, tokenizer, dataset, [1], "mean", batch_size=2, progress=False)
-    calls = {"n": 0}
-
-    def crash_on_fourth(*_: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-
-    handle = block_list(model)[0].register_forward_pre_hook(crash_on_fourth)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            collect(model, tokenizer, dataset, [1], "mean", batch_size=2, shard_rows=4, cache_dir=tmp_path)
-    finally:
-        handle.remove()
+    with interrupted_at_pass(model, 4):
+        collect(model, tokenizer, dataset, [1], "mean", batch_size=2, shard_rows=4, cache_dir=tmp_path)
     (entry,) = tmp_path.iterdir()
     cache = ActivationCache(entry, json.loads((entry / "manifest.json").read_text()))
     todo = np.flatnonzero(~cache.done_rows())
