@@ -116,6 +116,11 @@ class ShardBuffer:
         self.n_bytes = 0
         self.started: float | None = None
 
+    @classmethod
+    def for_keys(cls, keys: Sequence[str]) -> ShardBuffer:
+        """A buffer for ``keys``, the ``tokens`` ones among them holding one row per target token."""
+        return cls(keys, [k for k in keys if _is_token_key(k)])
+
     @property
     def age_s(self) -> float:
         """Seconds since the first row was added (0 when empty): the time-based flush reads this."""
@@ -460,8 +465,8 @@ class ActivationCache:
         problem = None
         if not path.is_file():
             problem = "is missing: the writer does not see this folder (is it on a shared file system?)"
-        elif path.stat().st_size != int(record.get("bytes", -1)):
-            problem = f"is {path.stat().st_size} bytes, but its writer reported {record.get('bytes')}"
+        elif (size := path.stat().st_size) != int(record.get("bytes", -1)):
+            problem = f"is {size} bytes, but its writer reported {record.get('bytes')}"
         elif _sha256_file(path) != record.get("sha256"):
             problem = "does not hash to the sha256 its writer reported"
         else:
@@ -602,7 +607,8 @@ class ActivationCache:
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                     for key in self.keys:
                         dest = region(key, row_bytes[key])
-                        if _is_token_key(key) and n_tok is not None and first_tok is not None:
+                        if _is_token_key(key):  # has_tokens: n_tok and first_tok are set (checked above)
+                            assert n_tok is not None and first_tok is not None
                             lo, hi = int(first_tok[a]), int(first_tok[b])
                             start_in_file = offsets[rows_np[a:b]] - first_tok[a:b]
                             index = np.repeat(start_in_file, n_tok[a:b]) + np.arange(lo, hi, dtype=np.int64)

@@ -398,15 +398,14 @@ def _collect_cached(
         done = cache.done_rows()
         todo = np.flatnonzero(~done)
         keys = [feature_key(s, p) for s in site_names for p in stored]
-        token_keys = [k for k in keys if k.endswith("/tokens")]
         dims = {k: _hidden_size(model) for k in keys}
-        buffer = ShardBuffer(keys, token_keys)
+        buffer = ShardBuffer.for_keys(keys)
 
         def flush() -> None:
             nonlocal buffer
             if buffer.n_rows:
                 cache.write_shard(buffer, dims)
-                buffer = ShardBuffer(keys, token_keys)
+                buffer = ShardBuffer.for_keys(keys)
 
         def on_batch(rows: torch.Tensor, feats: dict[str, torch.Tensor], batch_counts: torch.Tensor) -> None:
             for k in keys:

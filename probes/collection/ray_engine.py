@@ -39,6 +39,7 @@ import hashlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -182,7 +183,13 @@ class ShardTarget:
     folder: str
     key: str
     keys: list[str]
-    token_keys: list[str]
+
+
+def _block_shard(result: dict[str, Any], keys: list[str]) -> tuple[ShardBuffer, dict[str, int]]:
+    """A finished block's rows and features as one shard's buffer, with the features' widths."""
+    buffer = ShardBuffer.for_keys(keys)
+    buffer.add(result["rows"], result["features"], result["counts"])
+    return buffer, {k: int(v.shape[-1]) for k, v in result["features"].items()}
 
 
 @dataclass
@@ -303,9 +310,7 @@ class _Worker:
         }
         if shard_to is None:
             return result
-        buffer = ShardBuffer(shard_to.keys, shard_to.token_keys)
-        buffer.add(result["rows"], result["features"], result["counts"])
-        dims = {k: int(v.shape[-1]) for k, v in result["features"].items()}
+        buffer, dims = _block_shard(result, shard_to.keys)
         record = write_shard_file(shard_to.folder, buffer, key=shard_to.key, name=new_shard_name())
         return {"record": record, "dims": dims, "pid": os.getpid()}
 
@@ -537,8 +542,6 @@ class RayEngine:
         mode = self.engine.shard_writer
         if mode == "driver":
             return None
-        import uuid
-
         token = uuid.uuid4().hex
         probe = Path(cache.folder) / f".probe-{token}"
         probe.write_text(token)
@@ -555,10 +558,7 @@ class RayEngine:
                     "the same path, or set shard_writer: driver (or auto)."
                 )
             return None
-        keys = list(plan.keys)
-        return ShardTarget(
-            str(cache.folder), str(cache.manifest["key"]), keys, [k for k in keys if k.endswith("/tokens")]
-        )
+        return ShardTarget(str(cache.folder), str(cache.manifest["key"]), list(plan.keys))
 
     def _stream(
         self,
@@ -568,8 +568,9 @@ class RayEngine:
         what: Callable[[T], str],
     ) -> Iterator[tuple[T, Any]]:
         """Run ``tasks`` in order over the pool, at most :data:`IN_FLIGHT` per worker (one in the tail, where
-        the next idle worker takes each remaining task); yield ``(task, result)`` as each finishes. A failed task raises :class:`EngineError` saying ``what(task)`` it was; on any exit
-        before the end (an error, Ctrl-C in the consumer) the tasks still in flight are cancelled."""
+        the next idle worker takes each remaining task); yield ``(task, result)`` as each finishes. A failed
+        task raises :class:`EngineError` saying ``what(task)`` it was; on any exit before the end (an error,
+        Ctrl-C in the consumer) the tasks still in flight are cancelled."""
         from ray.exceptions import RayActorError, RayTaskError
 
         ray = self._ray
@@ -686,9 +687,8 @@ class RayEngine:
                 if "record" in result:  # the worker wrote the shard: check it, then list it
                     cache.adopt_shard(result["record"], result["dims"], block.rows)
                 else:
-                    buffer = ShardBuffer(plan.keys, [k for k in plan.keys if k.endswith("/tokens")])
-                    buffer.add(result["rows"], result["features"], result["counts"])
-                    cache.write_shard(buffer, {s: int(v.shape[-1]) for s, v in result["features"].items()})
+                    buffer, dims = _block_shard(result, list(plan.keys))
+                    cache.write_shard(buffer, dims)
                     del buffer
                 summary.worker_pids.add(int(result["pid"]))
                 del result
